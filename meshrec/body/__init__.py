@@ -1,0 +1,1 @@
+"""Body model: SMPL-format files, the licence-free stand-in, rotations and the parameter layout."""

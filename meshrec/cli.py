@@ -1,0 +1,37 @@
+"""`meshrec` command line: each package area registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshrec.errors import MeshrecError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from meshrec.body import commands as body_commands
+
+    parser = argparse.ArgumentParser(
+        prog="meshrec",
+        description="Single-image 3D human mesh recovery (SMPL): body models, data, training.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    body_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MeshrecError as exc:
+        print(f"meshrec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("meshrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

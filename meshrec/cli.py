@@ -9,6 +9,7 @@ from meshrec.errors import MeshrecError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from meshrec import config_commands
     from meshrec.body import commands as body_commands
 
     parser = argparse.ArgumentParser(
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     body_commands.register(sub)
+    config_commands.register(sub)
     return parser
 
 

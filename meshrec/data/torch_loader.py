@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg  # imported here: forked workers inherit it
 
 from meshrec.config import Config
 from meshrec.data import augment
@@ -69,8 +70,6 @@ class ShardSamples(Dataset):
         return len(self.refs)
 
     def __getitem__(self, item: Item) -> dict[str, Any]:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         number, numbers = item
         ref = self.refs[number]
         tar = self.shards[ref.shard].tar

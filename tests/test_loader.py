@@ -184,8 +184,8 @@ def test_backends_give_matching_pixels_for_the_same_sample_and_numbers(shards):
     for i, key in enumerate(batch["key"]):
         ref = _reference(shards, key, batch["aug"][i].numpy()).float()
         diff = (dali_px[i] - ref).abs()
-        # Bilinear weights in float32 vs float64 and uint8 rounding: a few levels at most.
-        assert diff.mean() < 1.0 and diff.max() <= 8, (key, diff.mean(), diff.max())
+        # Bilinear weights in float32 vs float64, then uint8 rounding: one level at most (seen).
+        assert diff.mean() < 0.5 and diff.max() <= 2, (key, diff.mean(), diff.max())
 
 
 def test_mirror_flag_flips_pixels_and_labels(shards, source):
@@ -289,3 +289,21 @@ def test_bad_requests_are_one_line_errors(shards):
         build_loader(config(shards, "torch", "data.train_subjects=[S7]"), "train")
     with pytest.raises(MeshrecError, match="split"):
         build_loader(config(shards, "torch"), "holdout")
+
+
+@pytest.mark.slow
+def test_flip_of_vectors_with_translation_uses_the_body_pelvis(standin_file, standin_model, tmp_path):
+    src = make_spin_source(tmp_path / "src", splits={"h36m_train.npz": ("S1",)}, frames=2,
+                           frame_size=240, with_transl=True)
+    out = tmp_path / "shards"
+    pack(src.files, src.root, out, PackConfig("spin", size=96), workers=1, progress=False)
+    no_aug = ("data.augment.scale=0", "data.augment.translate=0", "data.augment.rotate_deg=0",
+              "data.augment.color_jitter=0", "data.augment.flip_prob=1", "data.train_subjects=[S1]",
+              f"body.model_path={standin_file}")
+    batch = take(build_loader(config(out, "torch", *no_aug), "train"), 1)[0]
+    rows = by_key(src)
+    for i, key in enumerate(batch["key"]):
+        vec = torch.from_numpy(expected_vector(rows[key])).double()
+        rest = mirror.pelvis_rest(standin_model, vec[72:82])
+        want = mirror.flip_params(vec, rest).float()
+        assert torch.allclose(batch["params"][i], want, atol=1e-6)

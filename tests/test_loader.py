@@ -22,7 +22,8 @@ from meshrec.shards.pack import PackConfig, pack
 from tests.shard_fixture import DISC_RGB, expected_vector, make_spin_source
 
 BACKENDS = ["dali", "torch"]
-SIZE = 64
+SIZE = 84  # = 96 · 224/256: the unaugmented crop is a plain copy; WARPED: a resampled one
+WARPED = 64
 SPLITS = {"h36m_train.npz": ("S1", "S5", "S6"), "h36m_valid.npz": ("S9", "S11")}
 MISSING = "S11/Walking_2.55011271/frame_000006.jpg"  # removed: the packer rejects it → 23 val samples
 
@@ -81,17 +82,18 @@ def pixels(image: torch.Tensor) -> torch.Tensor:
     return image.float() * std + mean
 
 
+@pytest.mark.parametrize("size", [SIZE, WARPED])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, source, backend):
-    batches = take(build_loader(config(shards, backend), "val"))
+def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, source, backend, size):
+    batches = take(build_loader(config(shards, backend, f"data.image_size={size}"), "val"))
     rows = by_key(source)
     b = batches[0]
-    assert b["image"].shape == (6, 3, SIZE, SIZE) and b["image"].dtype == torch.float32
+    assert b["image"].shape == (6, 3, size, size) and b["image"].dtype == torch.float32
     assert b["params"].shape == (6, 82) and b["params"].dtype == torch.float32
     assert b["joints"].shape == (6, 24, 4) and not b["flipped"].any()
     for b in batches:
         # The disc (the "person") is centred in every crop: RGB order and normalisation are right.
-        centre = pixels(b["image"])[:, :, SIZE // 2, SIZE // 2]
+        centre = pixels(b["image"])[:, :, size // 2, size // 2]
         assert torch.allclose(centre, torch.tensor(DISC_RGB, dtype=torch.float32), atol=12)
         for i, key in enumerate(b["key"]):
             row = rows[key]
@@ -186,6 +188,16 @@ def test_backends_give_matching_pixels_for_the_same_sample_and_numbers(shards):
         diff = (dali_px[i] - ref).abs()
         # Bilinear weights in float32 vs float64, then uint8 rounding: one level at most (seen).
         assert diff.mean() < 0.5 and diff.max() <= 2, (key, diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("size", [SIZE, WARPED])
+def test_backends_give_matching_evaluation_batches(shards, size):
+    dali, torch_ = (take(build_loader(config(shards, b, f"data.image_size={size}"), "val"))
+                    for b in BACKENDS)
+    assert [b["key"] for b in dali] == [b["key"] for b in torch_]
+    for d, t in zip(dali, torch_):
+        diff = (pixels(d["image"]) - pixels(t["image"])).abs()
+        assert diff.max() <= 2 and torch.equal(d["params"], t["params"])
 
 
 def test_mirror_flag_flips_pixels_and_labels(shards, source):

@@ -87,6 +87,14 @@ def affine_matrix(params: np.ndarray, src_w: float, src_h: float, out_size: int)
     return np.concatenate([lin, t[:, None]], axis=1)
 
 
+def exact_crop(src_size: int | None, out_size: int) -> int | None:
+    """Offset of the unaugmented crop when it is a plain pixel copy (base crop side = out_size
+    at an integral offset, e.g. 224 of 256), else None: then no resampling is needed."""
+    if not src_size or (src_size - out_size) % 2 or CROP_FRACTION * src_size != out_size:
+        return None
+    return (src_size - out_size) // 2
+
+
 def color_matrix(params: np.ndarray) -> tuple[np.ndarray, float]:
     """(3×3 matrix, offset) of the colour change on RGB in 0..255: out = M @ rgb + offset.
 
@@ -108,6 +116,9 @@ def apply(image: "torch.Tensor", params: np.ndarray, out_size: int) -> "torch.Te
     import torch.nn.functional as F
 
     h, w = int(image.shape[1]), int(image.shape[2])
+    offset = exact_crop(w, out_size) if h == w and np.array_equal(params, IDENTITY) else None
+    if offset is not None:  # the warp would copy these pixels exactly
+        return image[:, offset:offset + out_size, offset:offset + out_size].contiguous()
     m = affine_matrix(params, w, h, out_size)
     centres = (np.arange(out_size, dtype=np.float64) + 0.5)
     px, py = np.meshgrid(centres, centres)

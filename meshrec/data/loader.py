@@ -58,8 +58,10 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     if cfg.data.backend == "dali":
         from meshrec.data.dali import DaliLoader
 
+        # Packed crops all have the manifest's size: lets an unaugmented crop skip resampling.
+        src_size = manifest.get("config", {}).get("size")
         return DaliLoader(cfg, shards, with_joints, train, batch, rank, world_size, device, state,
-                          pelvis)
+                          pelvis, src_size if isinstance(src_size, int) else None)
     from meshrec.data.torch_loader import TorchLoader
 
     return TorchLoader(cfg, shards, with_joints, train, batch, rank, world_size, device, state,

@@ -16,7 +16,8 @@ Every loader produces batches of 64 ImageNet-normalised 224×224 float32 images 
   ceiling       bare decode of the packed 256 px crops, no other work, on `--workers` cores:
                 the best of PIL and torchvision (libjpeg-turbo) in a process pool, and DALI's
                 decoder alone on `--workers` threads
-Rates are images per second after a warm-up batch, on warm page cache. The last line reads
+Rates are images per second after a warm-up batch, on warm page cache, the median of
+`--rounds` interleaved rounds. The last line reads
 `vs_spin=… ceiling_frac=… dali_img_s=…` (dali_img_s: dali eval; vs_spin = dali / spin;
 ceiling_frac = dali / ceiling).
 """
@@ -51,19 +52,32 @@ from pack import SUBJECTS, make_source  # noqa: E402  (bench/pack.py)
 BATCH, SIZE = 64, 224
 
 
-def timed(batches, seconds: float) -> float:
-    """img/s over an iterator of batches (restarted when exhausted) after one warm-up batch."""
-    it = iter(batches)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+class Meter:
+    """img/s of a loader over short rounds (its iterator kept between rounds, restarted at the
+    end of an epoch); rounds of all loaders interleave so a change of machine load hits each
+    alike, and the median round is reported."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.it, self.rates = batches, iter(batches), []
+        self._next()  # warm-up batch
+
+    def _next(self):
         try:
-            b = next(it)
+            return next(self.it)
         except StopIteration:
-            it = iter(batches)
-            continue
-        n += len(b["image"]) if isinstance(b, dict) else len(b[0])
-    return n / (time.perf_counter() - t0)
+            self.it = iter(self.batches)
+            return next(self.it)
+
+    def round(self, seconds: float) -> None:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            b = self._next()
+            n += len(b["image"]) if isinstance(b, dict) else len(b[0])
+        self.rates.append(n / (time.perf_counter() - t0))
+
+    @property
+    def rate(self) -> float:
+        return float(np.median(self.rates))
 
 
 class SpinStyle(Dataset):
@@ -88,7 +102,7 @@ class SpinStyle(Dataset):
         cx, cy = self.center[i]
         crop = img.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half)))
         crop = crop.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(crop)).permute(2, 0, 1).float() / 255.0
+        x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255.0
         return (x - self.mean) / self.std, torch.from_numpy(self.params[i])
 
 
@@ -143,7 +157,8 @@ def main() -> None:
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "meshrec-bench-pack"))
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="decode threads / DataLoader workers")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per loader")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measuring time per loader")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per loader")
     args = ap.parse_args()
     w = args.workers
 
@@ -165,14 +180,17 @@ def main() -> None:
           f"full frames 1000 px ({frame_kb:.0f} KB); {w} threads/workers; batch {BATCH}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
-    rates: dict[str, float] = {}
+    meters: dict[str, Meter] = {}
     for backend in ("dali", "torch"):
         c = with_overrides(cfg, [f"data.backend={backend}"])
-        rates[f"{backend} eval"] = timed(build_loader(c, "val"), args.seconds)
-        rates[f"{backend} train"] = timed(build_loader(c, "train"), args.seconds)
-    spin = DataLoader(SpinStyle(npz, root), batch_size=BATCH, shuffle=True, num_workers=w,
-                      drop_last=True, persistent_workers=True)
-    rates["spin"] = timed(spin, args.seconds)
+        meters[f"{backend} eval"] = Meter(build_loader(c, "val"))
+        meters[f"{backend} train"] = Meter(build_loader(c, "train"))
+    meters["spin"] = Meter(DataLoader(SpinStyle(npz, root), batch_size=BATCH, shuffle=True,
+                                      num_workers=w, drop_last=True, persistent_workers=True))
+    for _ in range(args.rounds):
+        for meter in meters.values():
+            meter.round(args.seconds / args.rounds)
+    rates = {name: m.rate for name, m in meters.items()}
     pil = pool_decode_rate(_decode_pil, blobs, w)
     tv = pool_decode_rate(_decode_tv, blobs, w)
     dali_dec = dali_decode_rate(shards, w, args.seconds)

@@ -100,6 +100,19 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Plan:
+    """Batch sampler the loader refills each epoch (the workers only ever see single items)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Item]] = []
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class TorchLoader:
     """Iterable of `Batch` for one rank; `len()` = batches per epoch (equal on every rank)."""
 
@@ -125,6 +138,8 @@ class TorchLoader:
                                    "this run uses data.backend: torch")
             self.epoch, self.position = int(state["epoch"]), int(state["batch"])
         self.skipped = 0
+        self._plan = _Plan()
+        self._loader: DataLoader | None = None
         self.image_dtype = torch.float16 if device.type == "cuda" else torch.float32
 
     def __len__(self) -> int:
@@ -145,12 +160,12 @@ class TorchLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.position >= self.batches:  # a state saved at the very end of an epoch
             self.epoch, self.position = self.epoch + 1, 0
-        todo = self._batches(self.epoch)[self.position:]
-        workers = self.cfg.data.num_threads
-        loader = DataLoader(self.dataset, batch_sampler=todo, collate_fn=collate,
-                            num_workers=workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if workers else None)
-        for raw in loader:
+        self._plan.batches = self._batches(self.epoch)[self.position:]
+        if self._loader is None:  # one pool of workers for the loader's life
+            self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
+                                      num_workers=self.cfg.data.num_threads, persistent_workers=True,
+                                      pin_memory=self.device.type == "cuda", prefetch_factor=4)
+        for raw in self._loader:
             self.position += 1
             self.skipped += len(raw["skipped"])
             yield self._finish(raw)

@@ -108,11 +108,14 @@ def test_two_ranks_see_every_evaluation_sample_exactly_once(shards, source, back
     assert len(expected) == 23  # odd: the ranks' shares differ (12 / 11)
     loaders = [build_loader(cfg, "val", rank, 2) for rank in range(2)]
     assert len(loaders[0]) == len(loaders[1]) == 4  # ⌈12 / 3⌉ per-rank batches of 3
+    assert [loader.samples for loader in loaders] == [11, 12]
     for _ in range(2):  # two epochs: the same exact cover each time
         seen = Counter()
         for loader in loaders:
             batches = take(loader)
             assert len(batches) == len(loader)
+            assert sum(len(b["key"]) for b in batches) == loader.samples
+            assert all(len(b["image"]) == len(b["params"]) == len(b["key"]) for b in batches)
             seen.update(k for b in batches for k in b["key"])
         assert set(seen) == expected and max(seen.values()) == 1
 
@@ -122,6 +125,7 @@ def test_training_ranks_step_together_on_disjoint_samples(shards, backend):
     cfg = config(shards, backend)
     loaders = [build_loader(cfg, "train", rank, 2) for rank in range(2)]
     assert len(loaders[0]) == len(loaders[1]) == 36 // 2 // 4  # 36 samples, 4 per rank-batch
+    assert loaders[0].samples == loaders[1].samples == 16
     for _ in range(2):
         keys = []
         for loader in loaders:

@@ -14,9 +14,23 @@ from meshrec.errors import MeshrecError
 
 
 class Loader(Protocol):
+    samples: int  # samples this rank yields per epoch (padding and dropped tails excluded)
+
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterable[Batch]: ...
     def state_dict(self) -> dict: ...
+
+
+def shares(n: int, world_size: int) -> list[tuple[int, int]]:
+    """[begin, end) of each rank's contiguous share of n samples (DALI's split)."""
+    return [(r * n // world_size, (r + 1) * n // world_size) for r in range(world_size)]
+
+
+def rank_samples(n: int, rank: int, world_size: int, batch: int, train: bool) -> int:
+    """Samples `rank` yields per epoch: full batches of the smallest share when training (the
+    rest is dropped), its whole share when evaluating."""
+    sizes = [end - begin for begin, end in shares(n, world_size)]
+    return min(sizes) // batch * batch if train else sizes[rank]
 
 
 def rank_batch(global_batch: int, world_size: int, what: str) -> int:
@@ -55,14 +69,22 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
                        "data.batch_size" if train else "eval.batch_size")
     pelvis = body_pelvis(cfg) if manifest.get("layout", {}).get("with_transl") else None
+    total = sum(s.samples for s in shards)
+    if rank_samples(total, 0, world_size, batch, train) == 0:
+        raise MeshrecError(f"{total} samples of {', '.join(subjects)} over {world_size} ranks "
+                           f"give no full batch of {batch} per rank")
+    loader: Loader
     if cfg.data.backend == "dali":
         from meshrec.data.dali import DaliLoader
 
         # Packed crops all have the manifest's size: lets an unaugmented crop skip resampling.
         src_size = manifest.get("config", {}).get("size")
-        return DaliLoader(cfg, shards, with_joints, train, batch, rank, world_size, device, state,
-                          pelvis, src_size if isinstance(src_size, int) else None)
-    from meshrec.data.torch_loader import TorchLoader
+        loader = DaliLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
+                            state, pelvis, src_size if isinstance(src_size, int) else None)
+    else:
+        from meshrec.data.torch_loader import TorchLoader
 
-    return TorchLoader(cfg, shards, with_joints, train, batch, rank, world_size, device, state,
-                          pelvis)
+        loader = TorchLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
+                             state, pelvis)
+    loader.samples = rank_samples(total, rank, world_size, batch, train)
+    return loader

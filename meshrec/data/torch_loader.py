@@ -23,27 +23,24 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg  # imported here: forked workers inherit it
+from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the forkserver too
 
 from meshrec.config import Config
 from meshrec.data import augment
 from meshrec.data.batch import Batch, finish
 from meshrec.data.labels import Pelvis
+from meshrec.data.loader import shares
 from meshrec.data.shardset import SampleRef, Shard, all_samples, read_member
 from meshrec.errors import MeshrecError
 
 Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
-
-
-def shares(n: int, world_size: int) -> list[tuple[int, int]]:
-    """[begin, end) of each rank's contiguous share of n samples (DALI's split)."""
-    return [(r * n // world_size, (r + 1) * n // world_size) for r in range(world_size)]
 
 
 def epoch_plan(n: int, seed: int, epoch: int, train: bool, cfg_aug: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +97,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers come from a forkserver that has imported this module: a plain fork would copy
+    a parent whose other threads (DALI's, torch's) may hold locks, and can deadlock the child
+    (seen once in the test suite); spawning would re-import torch in every worker."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 class _Plan:
     """Batch sampler the loader refills each epoch (the workers only ever see single items)."""
 
@@ -128,9 +134,6 @@ class TorchLoader:
         self.param_size = _npy(read_member(shards[first.shard].tar, *first.members["smpl.npy"])).size
         sizes = [end - begin for begin, end in shares(n, world_size)]
         self.batches = min(sizes) // batch_size if train else math.ceil(max(sizes) / batch_size)
-        if self.batches == 0:
-            raise MeshrecError(f"{n} samples over {world_size} ranks give no full batch of "
-                               f"{batch_size} per rank")
         self.epoch, self.position = 0, 0  # next batch to yield
         if state is not None:
             if state.get("backend") != "torch":
@@ -164,7 +167,8 @@ class TorchLoader:
         if self._loader is None:  # one pool of workers for the loader's life
             self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
                                       num_workers=self.cfg.data.num_threads, persistent_workers=True,
-                                      pin_memory=self.device.type == "cuda", prefetch_factor=4)
+                                      pin_memory=self.device.type == "cuda", prefetch_factor=4,
+                                      multiprocessing_context=_worker_context())
         for raw in self._loader:
             self.position += 1
             self.skipped += len(raw["skipped"])

@@ -121,6 +121,15 @@ def test_two_ranks_see_every_evaluation_sample_exactly_once(shards, source, back
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_whose_share_ends_early_yields_an_empty_last_batch(shards, backend):
+    """23 samples, 2 ranks of 11 per batch: shares 11 / 12 → batches [11, 0] and [11, 1], so
+    both ranks take the same number of steps."""
+    cfg = config(shards, backend, "eval.batch_size=22")
+    sizes = [[len(b["key"]) for b in take(build_loader(cfg, "val", rank, 2))] for rank in range(2)]
+    assert sizes == [[11, 0], [11, 1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_training_ranks_step_together_on_disjoint_samples(shards, backend):
     cfg = config(shards, backend)
     loaders = [build_loader(cfg, "train", rank, 2) for rank in range(2)]

@@ -155,14 +155,21 @@ def test_same_seed_same_order_and_augmentation_other_seed_differs(shards, backen
     assert len(set(runs["a"][0])) == len(runs["a"][0])
 
 
+@pytest.mark.parametrize("k", [2, 4, 4 + 1])  # mid-epoch, at its end, into the next (4 an epoch)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend):
+def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend, k):
     cfg = config(shards, backend)
     loader = build_loader(cfg, "train", 1, 2)
-    take(loader, 2)
+    done = take(loader)  # a whole epoch
+    if k > len(done):
+        done = take(loader, k - len(done))
+    else:
+        loader = build_loader(cfg, "train", 1, 2)
+        take(loader, k)
     state = loader.state_dict()
     expected = take(loader, 2)
     resumed = take(build_loader(cfg, "train", 1, 2, state=state), 2)
+    assert len(expected) == 2
     for want, got in zip(expected, resumed, strict=True):
         assert want["key"] == got["key"]
         assert torch.equal(want["aug"], got["aug"]) and torch.equal(want["image"], got["image"])

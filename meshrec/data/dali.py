@@ -157,12 +157,19 @@ class DaliLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         it = iter(self._it)
+        fresh = True
         while True:
             with _named_errors(self.shards):
                 try:
                     out = next(it)[0]
                 except StopIteration:
-                    return
+                    # Restored (or stopped) exactly at an epoch's end: DALI first reports that
+                    # end, then resets; go on with the next epoch, as the torch loader does.
+                    if not fresh:
+                        return
+                    fresh = False
+                    continue
+            fresh = False
             info = out["info"]
             keys = [_key(bytes(row.numpy())) for row in info]
             params = out["params"]

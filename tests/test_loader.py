@@ -278,8 +278,9 @@ def test_rotation_with_translation_keeps_the_pelvis_on_the_rotated_point():
     assert torch.allclose(after, want) and torch.equal(out[:, 3:82], vec[:, 3:82])
 
 
-def _corrupt_copy(shards: Path, tmp_path: Path) -> tuple[Path, str, str]:
-    """A copy of the shards with one JPEG's bytes replaced by garbage; (dir, shard, key)."""
+def _corrupt_copy(shards: Path, tmp_path: Path, how: str) -> tuple[Path, str, str]:
+    """A copy of the shards with one JPEG's bytes replaced by garbage after its start marker,
+    or zeroed after its first third (truncated); (dir, shard, key)."""
     out = tmp_path / "shards"
     shutil.copytree(shards, out)
     chosen = shardset.select(out, shardset.load_manifest(out), ("S5",))
@@ -287,13 +288,18 @@ def _corrupt_copy(shards: Path, tmp_path: Path) -> tuple[Path, str, str]:
     tar = chosen[ref.shard].tar
     offset, size = ref.members["jpg"]
     with open(tar, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(b"\xff\xd8\xff\xe0" + bytes(range(256)) * (size // 256) + bytes(size % 256 - 4))
+        if how == "garbage":
+            fh.seek(offset)
+            fh.write((b"\xff\xd8\xff\xe0" + bytes(range(256)) * (size // 256 + 1))[:size])
+        else:
+            fh.seek(offset + size // 3)
+            fh.write(bytes(size - size // 3))
     return out, tar, ref.key
 
 
-def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path):
-    bad, tar, key = _corrupt_copy(shards, tmp_path)
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path, how):
+    bad, tar, key = _corrupt_copy(shards, tmp_path, how)
 
     def run() -> None:
         for _ in build_loader(config(bad, "dali"), "train"):
@@ -306,8 +312,9 @@ def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path):
     assert tar in str(err.value) and key in str(err.value)
 
 
-def test_corrupt_jpeg_torch_is_skipped_and_counted(shards, tmp_path):
-    bad, tar, key = _corrupt_copy(shards, tmp_path)
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_jpeg_torch_is_skipped_and_counted(shards, tmp_path, how):
+    bad, tar, key = _corrupt_copy(shards, tmp_path, how)
     loader = build_loader(config(bad, "torch", "data.batch_size=36"), "train")
     batch = take(loader)[0]
     assert loader.skipped == 1 and len(batch["skipped"]) == 1 and key in batch["skipped"][0]

@@ -124,9 +124,13 @@ class DaliLoader:
                  batch_size: int, rank: int, world_size: int, device: torch.device,
                  state: dict | None = None, pelvis: Pelvis | None = None,
                  src_size: int | None = None) -> None:
-        from nvidia.dali import pipeline_def
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+        try:
+            from nvidia.dali import pipeline_def
+            from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator
+        except ImportError as exc:
+            raise MeshrecError(f"data.backend is dali but DALI cannot be imported ({exc}); install "
+                               "nvidia-dali-cuda130 or set data.backend=torch") from None
 
         self.shards = list(shards)
         self.train, self.pelvis = train, pelvis

@@ -20,6 +20,11 @@ is the iterator's `checkpoints()` (reader position, shuffle buffer, random gener
 and the iterator's counters); a loader built with it continues with the same samples in the
 same order and the same augmentation numbers as an uninterrupted run (tested).
 
+Images: one affine warp (meshrec.data.augment.affine_matrix, written here with DALI arithmetic on
+the per-sample random numbers), colour twist, then crop_mirror_normalize (flip, ImageNet
+statistics, CHW). An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop)
+skips the warp and is cut by crop_mirror_normalize: DALI's CPU warp is ~6× slower than that.
+
 The label flip/rotation is done in torch after the iterator (meshrec.data.labels) from the
 augmentation numbers the pipeline outputs, so the pixels and the labels use the same draw.
 
@@ -106,7 +111,7 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
     img = fn.crop_mirror_normalize(
         img, mirror=flip if augmenting else 0, output_layout="CHW", **crop,
         dtype=types.FLOAT16 if gpu else types.FLOAT,
-        mean=[255.0 * m for m in augment.IMAGENET_MEAN], std=[255.0 * s for s in augment.IMAGENET_STD])
+        mean=[255.0 * v for v in augment.IMAGENET_MEAN], std=[255.0 * v for v in augment.IMAGENET_STD])
 
     labels = [fn.decoders.numpy(smpl)] + ([fn.decoders.numpy(rest[0])] if with_joints else [])
     if gpu:

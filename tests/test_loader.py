@@ -329,6 +329,10 @@ def test_bad_requests_are_one_line_errors(shards):
         build_loader(config(shards, "torch", "data.train_subjects=[S7]"), "train")
     with pytest.raises(MeshrecError, match="split"):
         build_loader(config(shards, "torch"), "holdout")
+    with pytest.raises(MeshrecError, match="data.val_subjects is empty"):
+        build_loader(config(shards, "torch", "data.val_subjects=[]"), "val")
+    with pytest.raises(MeshrecError, match="no full batch"):
+        build_loader(config(shards, "dali", "data.batch_size=64"), "train", 0, 2)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import shutil
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -351,3 +352,54 @@ def test_flip_of_vectors_with_translation_uses_the_body_pelvis(standin_file, sta
         rest = mirror.pelvis_rest(standin_model, vec[72:82])
         want = mirror.flip_params(vec, rest).float()
         assert torch.allclose(batch["params"][i], want, atol=1e-6)
+
+
+def _ddp_rank(rank: int, world: int, port: int, shards: str, backend: str, out: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        keys = {}
+        for split in ("train", "val"):
+            loader = build_loader(config(Path(shards), backend, "data.train_subjects=[S1,S5,S6,S11]"),
+                                  split, rank, world)
+            steps, mine = 0, []
+            for batch in loader:  # an all-reduce per step, as training does: a missing step hangs
+                n = torch.tensor([len(batch["key"])])
+                dist.all_reduce(n)
+                steps += 1
+                mine += batch["key"]
+            keys[split] = {"steps": steps, "keys": mine}
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+            json.dump(keys, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ddp_processes_step_together_and_cover_the_evaluation_set(shards, tmp_path, backend):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.spawn(_ddp_rank, args=(2, port, str(shards), backend, str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        assert time.monotonic() < deadline, "DDP ranks did not finish (hang?)"
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for split in ("train", "val"):
+        assert ranks[0][split]["steps"] == ranks[1][split]["steps"] > 0
+    val = ranks[0]["val"]["keys"] + ranks[1]["val"]["keys"]
+    assert len(val) == len(set(val)) == 23
+    train = ranks[0]["train"]["keys"] + ranks[1]["train"]["keys"]
+    assert len(train) == len(set(train)) == 40

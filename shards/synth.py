@@ -4,7 +4,7 @@ Renders the body model (the licence-free stand-in, or --body FILE in SMPL's form
 subject doing eight actions, seen by four cameras. --frames-per-subject counts time steps: each
 is rendered by all four cameras, so a subject gives 4 x N images. Deterministic per --seed (the
 same command gives the same bytes, whatever --workers); re-running it skips images already
-written. See meshrec/synth/writer.py for the layout and CONTRACT_SPIN.md for the npz keys.
+written. Layout, npz keys and conventions: meshrec/synth/writer.py and meshrec/synth/generate.py.
 """
 
 from __future__ import annotations
@@ -28,18 +28,21 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from meshrec.synth.subjects import SUBJECTS
 
-    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    head, _, rest = __doc__.partition("\n\n")
+    ap = _Parser(prog=PROG, description=head, epilog=rest,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, metavar="DIR", help="output directory (image root)")
     ap.add_argument("--subjects", default=",".join(SUBJECTS),
-                    help="comma-separated subjects; S1 S5 S6 S7 S8 go to h36m_train.npz, S9 S11 to h36m_valid.npz")
+                    help="comma-separated subjects (default: all seven); S1 S5 S6 S7 S8 go to h36m_train.npz, "
+                         "S9 S11 to h36m_valid.npz")
     ap.add_argument("--frames-per-subject", type=int, default=160, metavar="N",
-                    help="time steps per subject, spread over the actions; each is seen by 4 cameras")
-    ap.add_argument("--size", type=int, default=1000, help="frame width and height in pixels")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="time steps per subject, spread over the eight actions; each is seen by 4 cameras "
+                         "(default: 160)")
+    ap.add_argument("--size", type=int, default=1000, help="frame width and height in pixels (default: 1000)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ap.add_argument("--body", metavar="PATH", default=None,
-                    help="SMPL-format body model (.pkl or .npz); default: the stand-in body (seed 0)")
-    ap.add_argument("--workers", type=int, default=None,
+                    help="SMPL-format body model (.pkl or .npz) (default: the stand-in body, seed 0)")
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="worker processes (default: all available cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

@@ -16,7 +16,7 @@ from meshrec.synth.rng import stream
 
 CAMERA_IDS = ("54138969", "55011271", "58860488", "60457274")
 FOCAL_PER_PIXEL = (1.144, 1.150)   # focal length / frame width
-DISTANCE_M = (3.8, 5.2)            # horizontal distance from the area's centre
+DISTANCE_M = (4.2, 5.4)            # horizontal distance from the area's centre
 HEIGHT_M = (1.2, 1.8)
 AIM_HEIGHT_M = (0.8, 1.1)
 

@@ -10,8 +10,14 @@ so in the camera (R, t):
     transl         = R (J0 + T_w) + t − J0     (smplx convention: added to every vertex)
     vertices_cam   = SMPL(R_c, body pose, betas).vertices + transl = R · vertices_world + t
 
-Box (SPIN layout): centre of the box around all projected vertices (the unoccluded person, not
-clipped to the frame) and scale = BOX_MARGIN · longest side / 200.
+Box (SPIN layout): `center` is the centre of the box around all projected vertices (the whole
+person, occluded parts included, not clipped to the frame); `scale` = BOX_MARGIN (1.2) × that
+box's longest side / 200, so 200·scale px is a square around the whole person with 10 % room on
+each side of its longest extent. (SPIN's own h36m files use 0.9 × the longest side of the
+ground-truth mask's box, a square that clips the extremities a little; a packer that crops
+200·scale px gets 1.2 / 0.9 ≈ 1.33 times more context here than from those files.)
+
+Frames: 0.1 s apart, numbered 1, 6, 11, … as SPIN names every 5th frame of H36M's 50 fps videos.
 """
 
 from __future__ import annotations

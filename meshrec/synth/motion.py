@@ -171,7 +171,7 @@ def _walk(euler: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarr
     t = np.arange(n) * FRAME_DT
     period = rng.uniform(1.0, 1.25)            # seconds per stride (two steps)
     speed = rng.uniform(0.9, 1.3)              # metres per second
-    radius = rng.uniform(0.9, 1.4)             # around a circle near the capture area's centre
+    radius = rng.uniform(0.8, 1.2)             # around a circle near the capture area's centre
     phase = 2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)
     j = limits.joint_index
     for side, shift in (("left", 0.0), ("right", np.pi)):
@@ -192,7 +192,7 @@ def _walk(euler: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarr
     euler[:, 0, 0] = 3.0                       # and leans slightly forward
     direction = rng.choice([-1.0, 1.0])
     theta = rng.uniform(0, 2 * np.pi) + direction * speed / radius * t
-    centre = rng.uniform(-0.3, 0.3, 2)
+    centre = rng.uniform(-0.2, 0.2, 2)
     position = centre + radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
     # Facing along the path: (sin h, cos h) = d(position)/dtheta * direction, normalised.
     heading = -theta if direction > 0 else np.pi - theta

@@ -1,10 +1,16 @@
 """Generate a whole data set: plan the work, render in parallel, write images and SPIN-layout npz files.
 
-Layout under the output directory DIR (CONTRACT_SPIN.md):
+Layout under the output directory DIR (SPIN's, as its preprocessed h36m files):
     DIR/S1/Directions_1.54138969/frame_000001.jpg ...   full frames, JPEG quality 90
     DIR/h36m_train.npz   rows of the train subjects asked for (S1 S5 S6 S7 S8)
     DIR/h36m_valid.npz   rows of the valid subjects asked for (S9 S11)
     DIR/synth_settings.json   seed, size, frames per subject and the body model's digest
+npz keys, N rows, float64 but imgname (conventions in generate.py):
+    imgname (N,) str  path under DIR      center (N,2) px    scale (N,) box side / 200
+    pose (N,72) axis-angle, joint 0 in the camera frame      shape (N,10) betas
+    transl (N,3) m: camera-frame vertices = SMPL(pose, shape).vertices + transl
+    S (N,24,4) the model's joints in the camera frame (m) + confidence 1
+    cam_K (N,3,3) full-frame OpenCV intrinsics (camera-frame points project as K @ X)
 Rows are ordered subject, action, camera, frame. An npz file is written only for a split that
 has at least one subject in the run.
 
@@ -72,10 +78,19 @@ def plan(subjects: list[str], frames_per_subject: int) -> list[Task]:
 
 
 def body_digest(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over the model's arrays (names, dtypes, shapes, bytes): which body made the data."""
+    """sha256 over the model's arrays (names, shapes, values): which body made the data.
+
+    Numbers are hashed as float64 / int64, so the same model read from .pkl or .npz, or built
+    in memory, has one digest.
+    """
     h = hashlib.sha256()
     for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
+        a = np.asarray(arrays[key])
+        if a.dtype.kind == "f":
+            a = a.astype(np.float64)
+        elif a.dtype.kind in "iub":
+            a = a.astype(np.int64)
+        a = np.ascontiguousarray(a)
         h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -96,9 +111,12 @@ def image_is_complete(path: Path) -> bool:
 def _write_image(path: Path, data: bytes) -> None:
     """Write under a temporary name in the same folder, then rename: never a partial file at `path`."""
     tmp = path.with_name(f".{path.name}.tmp")  # one writer per frame: a fixed name is safe
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MeshrecError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def run_task(body: generate.Body, task: Task, settings: Settings, out_dir: Path) -> tuple[dict[str, np.ndarray], int]:
@@ -112,7 +130,10 @@ def run_task(body: generate.Body, task: Task, settings: Settings, out_dir: Path)
     todo = [k for k, name in enumerate(names) if not image_is_complete(out_dir / name)]
     if todo:
         sc = generate.sequence_scene(posed, task.subject, task.action, task.camera_id, camera, settings.seed)
-        (out_dir / names[0]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            (out_dir / names[0]).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MeshrecError(f"cannot create {(out_dir / names[0]).parent}: {exc.strerror or exc}") from None
         for k in todo:
             image = generate.render_frame(body, posed.vertices[k], camera, sc)
             _write_image(out_dir / names[k], generate.encode_jpeg(image))
@@ -126,9 +147,12 @@ _WORKER_BODY: generate.Body | None = None
 
 
 def _init_worker(arrays: dict[str, np.ndarray]) -> None:
+    import signal
+
     import torch
 
     global _WORKER_BODY
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     _WORKER_BODY = generate.Body(arrays)
 

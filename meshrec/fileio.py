@@ -18,12 +18,18 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Write to a temporary file beside `path`, fsync, then rename over `path`."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb",
+                perms: int | None = None) -> Iterator[io.IOBase]:
+    """Write to a temporary file beside `path`, fsync, then rename over `path`.
+
+    The file gets mkstemp's 0600 unless `perms` is given (e.g. 0o644 for data others read).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if perms is not None:
+            os.fchmod(fd, perms)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -1,1 +1,141 @@
-"""Shared fixtures."""
+"""Shared fixtures.
+
+- ``slurm_cluster``: a working SLURM with accounting. Uses the one on PATH if it answers (CI
+  starts it with ``tests/infra/slurm_up.sh`` first), otherwise starts the local one-node cluster
+  and stops it at the end of the session (``MESHREC_KEEP_SLURM=1`` leaves it running). Without
+  root it skips, except under ``CI=true``, where not getting a cluster fails. Tests using it carry
+  ``@pytest.mark.slurm``.
+- ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session.
+- ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+INFRA = Path(__file__).parent / "infra"
+
+# sinfo node states in which a partition can run jobs now or soon.
+_USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    """A SLURM cluster that accepts jobs; pass ``partition`` as submitit's ``slurm_partition``."""
+
+    partition: str
+
+
+def _quiet(cmd: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _usable_partition() -> str | None:
+    """The default partition of a SLURM that answers and keeps accounting, or None."""
+    if shutil.which("sbatch") is None:
+        return None
+    ping = _quiet(["scontrol", "ping"])
+    if ping is None or "is UP" not in ping.stdout:
+        return None
+    # Without accounting submitit cannot tell a dead job from a running one and waits forever.
+    sacct = _quiet(["sacct", "-n", "-X", "-S", "now"])
+    if sacct is None or sacct.returncode != 0:
+        return None
+    sinfo = _quiet(["sinfo", "-h", "-o", "%P %a %T"])
+    for line in sinfo.stdout.splitlines() if sinfo is not None else []:
+        name, avail, state = line.split()
+        if name.endswith("*") and avail == "up" and state.rstrip("~") in _USABLE_STATES:
+            return name[:-1]
+    return None
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _apply_exports(stdout: str) -> None:
+    """Apply the ``export NAME=VALUE`` lines a start script prints."""
+    for line in stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, value = line[len("export ") :].split("=", 1)
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    partition = _usable_partition()
+    started = False
+    if partition is None:
+        if os.geteuid() != 0 and not _in_ci():
+            pytest.skip("no working SLURM here, and starting the local test cluster needs root "
+                        "(sudo bash tests/infra/slurm_up.sh)")
+        # Under CI, or as root, not getting a cluster is a failure, never a skip.
+        up = subprocess.run(["bash", str(INFRA / "slurm_up.sh")], capture_output=True,
+                            text=True, timeout=1200, check=False)
+        if up.returncode != 0:
+            pytest.fail(f"tests/infra/slurm_up.sh failed (exit {up.returncode}):\n"
+                        f"{up.stderr[-6000:]}", pytrace=False)
+        _apply_exports(up.stdout)
+        started = True
+        partition = _usable_partition()
+        if partition is None:
+            pytest.fail("tests/infra/slurm_up.sh succeeded, yet SLURM has no usable default "
+                        "partition", pytrace=False)
+    yield SlurmCluster(partition=partition)
+    if started and os.environ.get("MESHREC_KEEP_SLURM") != "1":
+        subprocess.run(["bash", str(INFRA / "slurm_down.sh")], capture_output=True, timeout=300,
+                       check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI (``http://127.0.0.1:PORT``) of a server storing into a temporary directory."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    env = {**os.environ, "PYTHON": sys.executable}
+    up = subprocess.run(["bash", str(INFRA / "mlflow_up.sh"), str(_free_port()), str(folder)],
+                        capture_output=True, text=True, env=env, timeout=180, check=False)
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"tests/infra/mlflow_up.sh failed (exit {up.returncode}):\n"
+                        f"{up.stderr[-6000:]}", pytrace=False)
+        yield up.stdout.split()[-1]
+    finally:
+        subprocess.run(["bash", str(INFRA / "mlflow_down.sh"), str(folder)], capture_output=True,
+                       timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def standin_model() -> dict[str, np.ndarray]:
+    """The default stand-in body's arrays, built once per test session (~5 s)."""
+    from meshrec.body import standin
+
+    return standin.build_standin(0)
+
+
+@pytest.fixture(scope="session")
+def standin_file(standin_model, tmp_path_factory) -> Path:
+    """The default stand-in written to an .npz, as `meshrec body standin` writes it."""
+    from meshrec.fileio import save_npz
+
+    path = tmp_path_factory.mktemp("body") / "standin.npz"
+    save_npz(path, standin_model)
+    return path

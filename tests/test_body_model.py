@@ -25,11 +25,13 @@ from smpl_reference import random_smpl_arrays, smpl_forward_np
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", params=["random"])
+@pytest.fixture(scope="module", params=["random", "standin"])
 def model_arrays(request) -> dict[str, np.ndarray]:
-    """Arrays of an SMPL-format body model; each param is one kind of model under test."""
+    """Arrays of an SMPL-format body model, read back from its file; one param per kind."""
     if request.param == "random":
         return random_smpl_arrays(seed=1)
+    if request.param == "standin":
+        return model_file.load_arrays(request.getfixturevalue("standin_file"))
     raise AssertionError(request.param)
 
 
@@ -113,7 +115,7 @@ def test_body_model_holds_no_state_and_no_parameters(body):
 
 
 def test_kind_faces_and_bad_inputs(model_arrays, body, capsys):
-    assert body.kind == "smpl"
+    assert body.kind == ("standin" if "model_kind" in model_arrays else "smpl")
     assert body.faces.shape == model_arrays["f"].shape and body.faces.dtype == np.int64
     standin = BodyModel({**model_arrays, "model_kind": np.asarray("standin")})
     assert standin.kind == "standin"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from meshrec.body import standin
-from meshrec.body.standin_shape import JOINT_NAMES, PARENTS
+from meshrec.body.params import JOINT_NAMES, PARENTS
 from meshrec.errors import MeshrecError
 from meshrec.fileio import save_npz
 
@@ -21,8 +21,8 @@ LEFT_ARM_BONES = (16, 18, 20, 22)
 
 
 @pytest.fixture(scope="module")
-def model() -> dict[str, np.ndarray]:
-    return standin.build_standin(0)
+def model(standin_model) -> dict[str, np.ndarray]:
+    return standin_model
 
 
 def _edges(f: np.ndarray) -> np.ndarray:
@@ -160,14 +160,14 @@ def test_rest_pose_looks_like_smpls(model):
     assert -1.2 < v[:, 1].min() < -1.14  # soles where SMPL's are
     # left on +x, right mirrored
     for j, name in enumerate(JOINT_NAMES):
-        if name.startswith("L_"):
+        if name.startswith("left_"):
             assert J[j, 0] > 0.05, name
-            r = JOINT_NAMES.index("R_" + name[2:])
+            r = JOINT_NAMES.index("right_" + name[5:])
             assert np.allclose(J[r], J[j] * [-1, 1, 1]), name
     # ... and so are the vertices the left bones drive
     main = model["weights"].argmax(axis=1)
-    left = np.isin(main, [j for j, n in enumerate(JOINT_NAMES) if n.startswith("L_")])
-    right = np.isin(main, [j for j, n in enumerate(JOINT_NAMES) if n.startswith("R_")])
+    left = np.isin(main, [j for j, n in enumerate(JOINT_NAMES) if n.startswith("left_")])
+    right = np.isin(main, [j for j, n in enumerate(JOINT_NAMES) if n.startswith("right_")])
     assert np.all(v[left, 0] > 0) and np.all(v[right, 0] < 0)
     # T-pose: wrists level with the shoulders, far out to the sides
     assert abs(J[20, 1] - J[16, 1]) < 0.05 and J[20, 0] > 0.6

@@ -4,7 +4,7 @@ The official SMPL_{NEUTRAL,MALE,FEMALE}.pkl files are Python-2 pickles. Some of 
 are chumpy objects (`chumpy.ch.Ch`, whose pickled state keeps the array under `x`) and the
 joint regressor is a `scipy.sparse` CSC matrix. chumpy does not import on current NumPy, and
 `pickle.load` would run whatever a file asks for, so this module reads pickles with a
-restricted unpickler: chumpy and scipy.sparse classes become inert placeholders that only
+restricted unpickler (meshrec.safe_pickle): chumpy and scipy.sparse classes become inert placeholders that only
 keep their pickled state, a short list of NumPy reconstructors is allowed, and any other
 global is refused before anything runs.
 """
@@ -25,6 +25,7 @@ import numpy as np
 from meshrec.body.params import NUM_BETAS, NUM_JOINTS, PARENTS
 from meshrec.errors import MeshrecError
 from meshrec.fileio import save_npz
+from meshrec.safe_pickle import RestrictedUnpickler, numpy_globals
 
 REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
 _FLOAT_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "J")
@@ -75,14 +76,8 @@ _SPARSE_NAMES = {"csc_matrix": "csc", "csr_matrix": "csr", "csc_array": "csc", "
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """What a body model pickle may name. Built per load: a file can set attributes on the
-    Python functions here (pickle's BUILD), and that must not outlive its own load."""
-    import numpy
-
-    try:  # NumPy ≥ 2 keeps these under numpy._core; older files name numpy.core
-        from numpy._core import multiarray, numeric
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import multiarray, numeric
+    """What a body model pickle may name: NumPy's reconstructors plus what Python-2 era
+    pickles of chumpy and scipy.sparse objects use. Built per load (see numpy_globals)."""
 
     def reconstructor(cls: type, base: type, state: Any) -> Any:
         # copy_reg._reconstructor (protocols 0/1), limited to building placeholders on object.
@@ -96,29 +91,23 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
             raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
         return text.encode("latin-1")
 
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): numpy.ndarray,
-        ("numpy", "dtype"): numpy.dtype,
+    table = numpy_globals()
+    table.update({
         ("copy_reg", "_reconstructor"): reconstructor,
         ("copyreg", "_reconstructor"): reconstructor,
         ("_codecs", "encode"): latin1_encode,
-    }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = multiarray._reconstruct
-        table[(mod, "scalar")] = multiarray.scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        table[(mod, "_frombuffer")] = numeric._frombuffer
+    })
     for mod in ("__builtin__", "builtins"):
         for obj in (set, frozenset, object):
             table[(mod, obj.__name__)] = obj
     return table
 
 
-class _SafeUnpickler(pickle.Unpickler):
+class _SafeUnpickler(RestrictedUnpickler):
+    """Body model pickles: chumpy and scipy.sparse classes become inert placeholders."""
+
     def __init__(self, fh: io.BufferedIOBase, display: str) -> None:
-        super().__init__(fh, encoding="latin1")
-        self._display = display
-        self._allowed = _allowed_globals()
+        super().__init__(fh, display, "a body model", _allowed_globals(), self._placeholder_for)
         self._placeholders: dict[str, type] = {}  # per load, like the allowed table
 
     def _placeholder(self, module: str, name: str, base: type, **attrs: Any) -> type:
@@ -127,20 +116,12 @@ class _SafeUnpickler(pickle.Unpickler):
             self._placeholders[source] = type(name, (base,), {"source": source, **attrs})
         return self._placeholders[source]
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._allowed:
-            return self._allowed[(module, name)]
+    def _placeholder_for(self, module: str, name: str) -> type | None:
         if _CHUMPY_NAME.match(module) and name.isidentifier():
             return self._placeholder(module, name, _Chumpy)
         if module in _SPARSE_MODULES and name in _SPARSE_NAMES:
             return self._placeholder(module, name, _Sparse, fmt=_SPARSE_NAMES[name])
-        shown = f"os.{name}" if module in ("posix", "nt") else f"{module}.{name}"  # os.system pickles as posix.system
-        raise MeshrecError(f"refusing to load {self._display}: it references {shown}, "
-                           f"which a body model never needs")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise MeshrecError(f"refusing to load {self._display}: it uses persistent ids, "
-                           f"which a body model never needs")
+        return None
 
 
 def _state_dict(obj: _Inert, key: str, display: str) -> dict:

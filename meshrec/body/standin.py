@@ -31,11 +31,15 @@ import os
 
 import numpy as np
 
+from meshrec.body import params as layout
 from meshrec.body import standin_mesh as mesh
 from meshrec.body import standin_rig as rig
 from meshrec.body import standin_shape as shape
 from meshrec.errors import MeshrecError
 from meshrec.fileio import save_npz
+
+# Bump when the generator changes its output: cached stand-ins are named by it.
+VERSION = 1
 
 NUM_VERTS = 6890
 NUM_FACES = 13776          # a closed genus-0 surface has F = 2V − 4
@@ -89,8 +93,8 @@ def build_standin(seed: int = 0) -> dict[str, np.ndarray]:
     weights = rig.skinning_weights(labels, A)
     J_regressor = rig.joint_regressor(verts, labels, sk.joints)
     normals = mesh.vertex_normals(verts, faces)
-    kintree = np.array([[ROOT_PARENT if p < 0 else p for p in shape.PARENTS],
-                        list(range(shape.NUM_JOINTS))], dtype=np.int64)
+    kintree = np.array([[ROOT_PARENT if p < 0 else p for p in layout.PARENTS],
+                        list(range(layout.NUM_JOINTS))], dtype=np.int64)
     return {
         "v_template": verts.astype(np.float64),
         "f": faces.astype(np.uint32),

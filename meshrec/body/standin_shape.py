@@ -18,14 +18,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-JOINT_NAMES: tuple[str, ...] = (
-    "pelvis", "L_hip", "R_hip", "spine1", "L_knee", "R_knee", "spine2", "L_ankle", "R_ankle",
-    "spine3", "L_foot", "R_foot", "neck", "L_collar", "R_collar", "head", "L_shoulder",
-    "R_shoulder", "L_elbow", "R_elbow", "L_wrist", "R_wrist", "L_hand", "R_hand",
-)
-PARENTS: tuple[int, ...] = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18,
-                            19, 20, 21)
-NUM_JOINTS = 24
+from meshrec.body.params import NUM_JOINTS, PARENTS
+
 
 
 def children_of(j: int) -> tuple[int, ...]:

@@ -1,0 +1,157 @@
+"""Source adapters: preprocessed Human3.6M files → one `SampleTable`, sorted by subject and key.
+
+spin       SPIN's h36m npz (and meshrec's generated data, which writes the same layout):
+           imgname (N,) · center (N,2) px · scale (N,) = box side/200 · pose (N,72) axis-angle
+           · shape (N,10) · optional transl (N,3) m · S (N,24,4) joints + confidence
+           · cam_K (N,3,3) full-frame intrinsics.
+humandata  mmhuman3d HumanData npz: image_path (N,) · bbox_xywh (N,4) or (N,5) with a
+           confidence (≤ 0: the row is rejected) · smpl, a pickled dict of global_orient (N,3),
+           body_pose (N,69) or (N,23,3), betas (N,10), optional transl (N,3). The box becomes
+           center = (x + w/2, y + h/2), scale = max(w, h)/200. The pickle is read by
+           meshrec.safe_pickle: only NumPy arrays, dicts and lists load, nothing runs.
+
+Whole-file problems (missing key, wrong shape, non-Human3.6M image names, duplicate keys)
+raise MeshrecError naming the file and key; per-row problems travel in `problem` or are found
+later by `sample.check_row` and the packer, and end up in rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from meshrec.body import params as layout
+from meshrec.errors import MeshrecError
+from meshrec.safe_pickle import load_npz
+from meshrec.shards import naming
+from meshrec.shards.sample import SampleTable, concat
+
+
+def _strings(value: np.ndarray, key: str, display: str) -> np.ndarray:
+    if value.ndim != 1 or value.dtype.kind not in "US":
+        raise MeshrecError(f"{display}: '{key}' must be a 1-D array of paths, got "
+                           f"shape {value.shape} dtype {value.dtype}")
+    if value.dtype.kind == "S":
+        value = np.char.decode(value, "utf-8")
+    return value.astype(str)
+
+
+def _numeric(value: Any, key: str, display: str, shapes: Sequence[tuple], n: int) -> np.ndarray:
+    """`value` as float64 with one of `shapes` (None = any length; first axis is N)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise MeshrecError(f"{display}: '{key}' has dtype {arr.dtype}, expected numbers")
+    for shape in shapes:
+        if arr.ndim == len(shape) + 1 and arr.shape[0] == n and all(
+                want is None or got == want for got, want in zip(arr.shape[1:], shape)):
+            return arr.astype(np.float64)
+    wanted = " or ".join(str((n, *shape)).replace("None", "any") for shape in shapes)
+    raise MeshrecError(f"{display}: '{key}' has shape {arr.shape}, expected {wanted}")
+
+
+def _require(entries: dict[str, Any], skipped: set[str], keys: Sequence[str], display: str,
+             kind: str) -> None:
+    for key in keys:
+        if key in skipped:
+            raise MeshrecError(f"{display}: '{key}' holds pickled Python objects; the {kind} layout "
+                               f"needs a plain array there")
+        if key not in entries:
+            raise MeshrecError(f"{display} has no key '{key}' (the {kind} layout needs "
+                               f"{', '.join(keys)})")
+
+
+def _table(display: str, images: np.ndarray, center: np.ndarray, scale: np.ndarray,
+           params: np.ndarray, joints: np.ndarray | None, cam_k: np.ndarray | None,
+           problem: np.ndarray | None = None) -> SampleTable:
+    n = images.shape[0]
+    names = [naming.parse_or_fail(path, display) for path in images]
+    keys = np.array([naming.sample_key(name) for name in names], dtype=str)
+    return SampleTable(
+        key=keys,
+        subject=np.array([m.subject for m in names], dtype=str),
+        action=np.array([m.action for m in names], dtype=str),
+        camera=np.array([m.camera for m in names], dtype=str),
+        frame=np.array([m.frame for m in names], dtype=np.int64).reshape(n),
+        image=images, center=center, scale=scale, params=params, joints=joints, cam_K=cam_k,
+        source=np.full(n, os.path.basename(display), dtype=object).astype(str),
+        row=np.arange(n, dtype=np.int64),
+        problem=np.full(n, "", dtype=object).astype(str) if problem is None else problem,
+    )
+
+
+def load_spin(path: str) -> SampleTable:
+    required = ("imgname", "center", "scale", "pose", "shape")
+    entries, skipped = load_npz(path, purpose="a SPIN data file")
+    _require(entries, skipped, required, path, "spin")
+    images = _strings(entries["imgname"], "imgname", path)
+    n = images.shape[0]
+    if n == 0:
+        raise MeshrecError(f"{path}: 'imgname' is empty")
+    center = _numeric(entries["center"], "center", path, [(2,)], n)
+    scale = _numeric(entries["scale"], "scale", path, [()], n)
+    pose = _numeric(entries["pose"], "pose", path, [(3 * layout.NUM_JOINTS,)], n)
+    betas = _numeric(entries["shape"], "shape", path, [(layout.NUM_BETAS,)], n)
+    transl = _numeric(entries["transl"], "transl", path, [(3,)], n) if "transl" in entries else None
+    joints = (_numeric(entries["S"], "S", path, [(layout.NUM_JOINTS, 4)], n)
+              if "S" in entries else None)
+    cam_k = _numeric(entries["cam_K"], "cam_K", path, [(3, 3)], n) if "cam_K" in entries else None
+    params = layout.join(pose[:, layout.GLOBAL_ORIENT], pose[:, layout.BODY_POSE], betas, transl)
+    return _table(path, images, center, scale, params, joints, cam_k)
+
+
+def load_humandata(path: str) -> SampleTable:
+    required = ("image_path", "bbox_xywh", "smpl")
+    entries, skipped = load_npz(path, pickled=("smpl",), purpose="a HumanData file")
+    _require(entries, skipped, required, path, "humandata")
+    images = _strings(entries["image_path"], "image_path", path)
+    n = images.shape[0]
+    if n == 0:
+        raise MeshrecError(f"{path}: 'image_path' is empty")
+    bbox = _numeric(entries["bbox_xywh"], "bbox_xywh", path, [(4,), (5,)], n)
+    smpl = entries["smpl"]
+    if not isinstance(smpl, dict):
+        raise MeshrecError(f"{path}: 'smpl' holds a {type(smpl).__name__}, expected a dict of arrays")
+    for key in ("global_orient", "body_pose", "betas"):
+        if key not in smpl:
+            raise MeshrecError(f"{path}: 'smpl' has no key '{key}' (HumanData's smpl needs "
+                               f"global_orient, body_pose, betas; transl is optional)")
+    orient = _numeric(smpl["global_orient"], "smpl.global_orient", path, [(3,), (1, 3)], n).reshape(n, 3)
+    body = _numeric(smpl["body_pose"], "smpl.body_pose", path,
+                    [(3 * (layout.NUM_JOINTS - 1),), (layout.NUM_JOINTS - 1, 3)], n).reshape(n, -1)
+    betas = _numeric(smpl["betas"], "smpl.betas", path, [(layout.NUM_BETAS,)], n)
+    transl = (_numeric(smpl["transl"], "smpl.transl", path, [(3,)], n)
+              if smpl.get("transl") is not None else None)
+    x, y, w, h = bbox[:, 0], bbox[:, 1], bbox[:, 2], bbox[:, 3]
+    center = np.stack([x + w / 2, y + h / 2], axis=1)
+    scale = np.maximum(w, h) / 200.0
+    problem = np.full(n, "", dtype=object)
+    if bbox.shape[1] == 5:
+        problem[bbox[:, 4] <= 0] = "bbox confidence is 0 (no valid box)"
+    problem[(w <= 0) | (h <= 0)] = "bbox has zero or negative width/height"
+    params = layout.join(orient, body, betas, transl)
+    return _table(path, images, center, scale, params, None, None, problem.astype(str))
+
+
+ADAPTERS: dict[str, Callable[[str], SampleTable]] = {"spin": load_spin, "humandata": load_humandata}
+
+
+def load_sources(kind: str, paths: Sequence[str]) -> SampleTable:
+    """Read every source file with the `kind` adapter; one table sorted by (subject, key)."""
+    if kind not in ADAPTERS:
+        raise MeshrecError(f"unknown source '{kind}' (choose from {', '.join(ADAPTERS)})")
+    if not paths:
+        raise MeshrecError("no source files given")
+    tables = [ADAPTERS[kind](os.fspath(p)) for p in paths]
+    table = concat(tables, [os.fspath(p) for p in paths])
+    order = sorted(range(len(table)),
+                   key=lambda i: (naming.subject_order(str(table.subject[i])), str(table.key[i])))
+    table = table.take(np.asarray(order, dtype=np.int64))
+    same = np.flatnonzero(table.key[1:] == table.key[:-1])
+    if same.size:
+        i = int(same[0])
+        raise MeshrecError(f"two rows name the same frame '{table.key[i]}': {table.source[i]} "
+                           f"row {table.row[i]} ('{table.image[i]}') and {table.source[i + 1]} "
+                           f"row {table.row[i + 1]} ('{table.image[i + 1]}')")
+    return table

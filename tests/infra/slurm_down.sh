@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Stop the one-node cluster started by slurm_up.sh: cancels its jobs, stops slurmctld and slurmd,
+# slurmdbd, its MariaDB, and munged if slurm_up.sh started it. Configs, accounting data and logs
+# stay in STATE_DIR (delete it for a clean slate). Safe to run when nothing is up.
+#
+#   bash tests/infra/slurm_down.sh [STATE_DIR]        # default STATE_DIR=/tmp/meshrec-slurm
+set -euo pipefail
+
+STATE=$(realpath -m "${1:-/tmp/meshrec-slurm}")
+export SLURM_CONF="$STATE/slurm.conf"
+
+log() { echo "slurm_down: $*" >&2; }
+
+stop_pidfile() {  # name pidfile: TERM, wait up to 20 s, then KILL
+  local name=$1 pidfile=$2 pid i
+  [ -s "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { log "$name stopped"; return 0; }
+    sleep 0.2
+  done
+  log "$name ($pid) ignored SIGTERM for 20 s: killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+if [ ! -f "$SLURM_CONF" ]; then
+  log "no cluster config in $STATE: nothing to stop"
+  exit 0
+fi
+
+if timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; then
+  jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
+  if [ -n "$jobs" ]; then
+    log "cancelling jobs: $(echo $jobs)"
+    # shellcheck disable=SC2086
+    scancel $jobs 2>/dev/null || true
+    for _ in $(seq 50); do
+      [ -z "$(timeout 10 squeue -h -o %i 2>/dev/null)" ] && break
+      sleep 0.2
+    done
+  fi
+  scontrol shutdown >/dev/null 2>&1 || true  # stops slurmd and slurmctld
+fi
+stop_pidfile slurmd "$STATE/run/slurmd.pid"
+stop_pidfile slurmctld "$STATE/run/slurmctld.pid"
+stop_pidfile slurmdbd "$STATE/run/slurmdbd.pid"
+stop_pidfile mariadbd "$STATE/mysqld/mysqld.pid"
+if [ -e "$STATE/started/munge" ]; then
+  stop_pidfile munged /run/munge/munged.pid
+fi
+rm -f "$STATE"/started/*

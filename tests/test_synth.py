@@ -228,17 +228,18 @@ def test_labels_match_the_body_model_and_the_box(run_dir, body_arrays):
     # S is the model's joints in the camera frame: SMPL(pose, shape) + transl reproduces it.
     assert np.abs(joints - data["S"][..., :3]).max() < 1e-4
     assert np.all(verts[..., 2] > 1.0)                                # in front of the camera
-    for points, margin in ((joints, 0.0), (verts, 0.0)):
+    # Joints and vertices (from the model, not from the writer's arrays) project into the box.
+    for points in (joints, verts):
         uv = np.einsum("nij,nkj->nki", data["cam_K"], points)
         uv = uv[..., :2] / uv[..., 2:]
         half = 100.0 * data["scale"][:, None, None]
-        assert np.all(np.abs(uv - data["center"][:, None]) <= half + margin)
-    # The box is the vertices' box grown by BOX_MARGIN: its side is reached by them, once.
+        assert np.all(np.abs(uv - data["center"][:, None]) <= half + 1e-3)   # px; float32 model
+    # The box is the tight square around the projected vertices (x BOX_MARGIN).
     uv = np.einsum("nij,nkj->nki", data["cam_K"], verts)
     uv = uv[..., :2] / uv[..., 2:]
     side = (uv.max(1) - uv.min(1)).max(1)
-    assert np.allclose(side * generate.BOX_MARGIN, 200.0 * data["scale"])
-    assert np.allclose((uv.max(1) + uv.min(1)) / 2, data["center"])
+    assert np.allclose(side * generate.BOX_MARGIN, 200.0 * data["scale"], atol=1e-3)
+    assert np.allclose((uv.max(1) + uv.min(1)) / 2, data["center"], atol=1e-3)
 
 
 def test_rendered_person_is_where_the_labels_say(run_dir, body_arrays):
@@ -276,13 +277,13 @@ def test_rendered_person_is_where_the_labels_say(run_dir, body_arrays):
         S = data["S"][i, :, :3]
         uv = (data["cam_K"][i] @ S.T).T
         uv = uv[:, :2] / uv[:, 2:]
-        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i])
+        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i] + 1e-6)
         checked += 1
         # Project S joints: inside the box given by center/scale.
         S = data["S"][i, :, :3]
         uv = (data["cam_K"][i] @ S.T).T
         uv = uv[:, :2] / uv[:, 2:]
-        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i])
+        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i] + 1e-6)
     assert checked == 40 and unoccluded >= 16
 
 

@@ -11,11 +11,11 @@ so in the camera (R, t):
     vertices_cam   = SMPL(R_c, body pose, betas).vertices + transl = R · vertices_world + t
 
 Box (SPIN layout): `center` is the centre of the box around all projected vertices (the whole
-person, occluded parts included, not clipped to the frame); `scale` = BOX_MARGIN (1.2) × that
-box's longest side / 200, so 200·scale px is a square around the whole person with 10 % room on
-each side of its longest extent. (SPIN's own h36m files use 0.9 × the longest side of the
-ground-truth mask's box, a square that clips the extremities a little; a packer that crops
-200·scale px gets 1.2 / 0.9 ≈ 1.33 times more context here than from those files.)
+person, occluded parts included, not clipped to the frame); `scale` = BOX_MARGIN (1.0) × that
+box's longest side / 200: 200·scale px is the tightest square around the whole person. Context
+is the cropper's to add (the packer's `context`, 1.2 by default: the usual HMR/SPIN framing).
+SPIN's own h36m files use 0.9 × the longest side of the ground-truth mask's box, slightly tighter
+(a 200·scale·context crop of them is about 10 % tighter than one of these).
 
 Frames: 0.1 s apart, numbered 1, 6, 11, … as SPIN names every 5th frame of H36M's 50 fps videos.
 """
@@ -37,7 +37,7 @@ from meshrec.synth.cameras import intrinsics
 from meshrec.synth.rng import stream
 from meshrec.synth.subjects import subject_betas
 
-BOX_MARGIN = 1.2        # person box side = 1.2 x the longest side of the projected vertices' box
+BOX_MARGIN = 1.0        # person box side / the longest side of the projected vertices' box
 SPIN_PIXELS = 200.0     # SPIN: box side = 200 * scale
 JPEG_QUALITY = 90
 FRAME_STRIDE = 5        # frame numbers 1, 6, 11, ...: every 5th frame of a 50 fps video, as SPIN

@@ -18,7 +18,7 @@ from meshrec.synth.cameras import center_of
 
 BACKGROUND_KINDS = ("room", "gradient", "noise")
 BACKGROUND_WEIGHTS = (0.6, 0.2, 0.2)
-OCCLUDER_PROBABILITY = 0.25  # chance that a (subject, action, camera) sequence has a box in view
+OCCLUDER_PROBABILITY = 0.2   # chance that a (subject, action, camera) sequence has a box in view
 _NEAREST_BOX_M = 2.2          # occluders stand at least this far from the camera (horizontally)
 _NOISE_CELLS = 64            # lattice of the value noise (periodic; a power of two)
 BACKGROUND_MAX_PX = 512      # larger backgrounds are drawn at a fraction of the size and upscaled
@@ -224,7 +224,7 @@ def occluder(camera: Camera, subject_xz: np.ndarray, rng: np.random.Generator) -
     """
     if rng.uniform() >= OCCLUDER_PROBABILITY:
         return None
-    size = np.array([rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.2), rng.uniform(0.3, 0.8)])
+    size = np.array([rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.8)])
     yaw = rng.uniform(0, np.pi)
     lateral = rng.uniform(-0.4, 0.4)
     where = rng.uniform(0.0, 1.0)

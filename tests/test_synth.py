@@ -16,7 +16,6 @@ from scipy.ndimage import binary_dilation
 
 from meshrec.body.params import JOINT_NAMES, NUM_JOINTS
 from meshrec.body.smpl import BodyModel
-from meshrec.body.standin import build_standin
 from meshrec.errors import MeshrecError
 from meshrec.fileio import save_npz
 from meshrec.render import Camera, project, rasterize
@@ -33,8 +32,8 @@ IMGNAME = re.compile(r"^(S\d+)/([A-Za-z]+)_1\.(\d{8})/frame_(\d{6})\.jpg$")
 
 
 @pytest.fixture(scope="module")
-def body_arrays() -> dict[str, np.ndarray]:
-    return build_standin(0)
+def body_arrays(standin_model) -> dict[str, np.ndarray]:
+    return standin_model
 
 
 # --- joint limits ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from meshrec.errors import MeshrecError  # noqa: E402
+from meshrec.errors import MeshrecError, report_errors  # noqa: E402
 
 PROG = "synth.py"
 
@@ -60,7 +60,8 @@ def load_body(path: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         from meshrec.synth.settings import Settings
         from meshrec.synth.subjects import parse_subjects
 
@@ -74,17 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = synthesize(args.out, subjects, settings, arrays, workers=args.workers,
                              progress=not args.quiet)
-    except MeshrecError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130
-    rows = ", ".join(f"{os.path.join(args.out, f.name)} ({n:,} rows)"
-                     for f, n in zip(summary.files, summary.rows.values()))
-    print(f"{summary.images:,} images ({summary.rendered:,} rendered now, "
-          f"{summary.images - summary.rendered:,} already there); {rows}")
-    return 0
+        rows = ", ".join(f"{os.path.join(args.out, f.name)} ({n:,} rows)"
+                         for f, n in zip(summary.files, summary.rows.values()))
+        print(f"{summary.images:,} images ({summary.rendered:,} rendered now, "
+              f"{summary.images - summary.rendered:,} already there); {rows}")
+        return 0
+
+    return report_errors(PROG, run, on_interrupt="interrupted (re-run the same command to resume)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshrec.errors import MeshrecError
+from meshrec.errors import report_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,14 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except MeshrecError as exc:
-        print(f"meshrec: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("meshrec: interrupted", file=sys.stderr)
-        return 130
+    return report_errors("meshrec", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,22 @@
 """The one exception type that user-facing commands turn into a one-line message."""
 
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
 
 class MeshrecError(Exception):
     """Bad input from the user (file, config, option): reported as one line, exit code 2."""
+
+
+def report_errors(prog: str, run: Callable[[], int | None], *, on_interrupt: str = "interrupted") -> int:
+    """Run a command body; a MeshrecError becomes one stderr line (exit 2), Ctrl-C exit 130."""
+    try:
+        return int(run() or 0)
+    except MeshrecError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {on_interrupt}", file=sys.stderr)
+        return 130

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from meshrec.errors import MeshrecError  # noqa: E402
+from meshrec.errors import MeshrecError, report_errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         from meshrec.shards.pack import PackConfig, pack
 
         if args.workers is not None and args.workers < 1:
@@ -51,15 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                          quality=args.quality, shard_size_mb=args.shard_size_mb)
         result = pack(args.npz, args.images, args.out, cfg, workers=args.workers,
                       progress=not args.no_progress)
-    except MeshrecError as exc:
-        print(f"pack: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pack: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    print(result.summary())
-    return 0
+        print(result.summary())
+        return 0
 
+    return report_errors("pack", run, on_interrupt="interrupted; re-run the same command to resume")
 
 if __name__ == "__main__":
     sys.exit(main())

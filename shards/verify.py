@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from meshrec.errors import MeshrecError  # noqa: E402
+from meshrec.errors import report_errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,24 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         from meshrec.shards.verify import verify
 
         problems, summary = verify(args.dir)
-    except MeshrecError as exc:
-        print(f"verify: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("verify: interrupted", file=sys.stderr)
-        return 130
-    if problems:
-        for line in problems:
-            print(line)
-        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+        if problems:
+            for line in problems:
+                print(line)
+            print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+            return 1
+        print(summary)
+        return 0
 
+    return report_errors("verify", run)
 
 if __name__ == "__main__":
     sys.exit(main())

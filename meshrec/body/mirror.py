@@ -234,6 +234,12 @@ def vertex_mirror_map(v_template: np.ndarray, plane_x: float = 0.0) -> np.ndarra
     return index.astype(np.int64)
 
 
+def _dot3(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of [..., 3] arrays, written out: the same bits on every CPU (the
+    stand-in generator builds its symmetric rig on these closest points)."""
+    return x[..., 0] * y[..., 0] + x[..., 1] * y[..., 1] + x[..., 2] * y[..., 2]
+
+
 def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
                                 ) -> np.ndarray:
     """Barycentrics (N, 3) of the point of triangle (a, b, c) closest to each point (all (N, 3)).
@@ -242,7 +248,7 @@ def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray
     Ericson's Real-Time Collision Detection §5.1.5; the first region that holds the point wins.
     """
     def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.einsum("nc,nc->n", x, y)
+        return _dot3(x, y)
 
     def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return num / np.where(den == 0.0, 1.0, den)  # den = 0 only in regions that lose anyway
@@ -287,15 +293,19 @@ def closest_points_on_mesh(points: np.ndarray, verts: np.ndarray, faces: np.ndar
     faces = np.asarray(faces, dtype=np.int64)
     tri = verts[faces]                                          # (F, 3, 3)
     centroid = tri.mean(1)
-    reach = np.sqrt(((tri - centroid[:, None]) ** 2).sum(-1)).max()
+    spoke = tri - centroid[:, None]
+    reach = np.sqrt(_dot3(spoke, spoke)).max()
     d_vertex, _ = cKDTree(verts).query(points)
     lists = cKDTree(centroid).query_ball_point(points, d_vertex + reach + 1e-12)
     counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(points))
     owner = np.repeat(np.arange(len(points)), counts)
     cand = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
     bary = closest_points_on_triangles(points[owner], tri[cand, 0], tri[cand, 1], tri[cand, 2])
-    nearest = np.einsum("nk,nkc->nc", bary, tri[cand])
-    dist = np.sqrt(((nearest - points[owner]) ** 2).sum(-1))
+    corner = tri[cand]
+    nearest = bary[:, 0, None] * corner[:, 0] + bary[:, 1, None] * corner[:, 1] \
+        + bary[:, 2, None] * corner[:, 2]
+    gap = nearest - points[owner]
+    dist = np.sqrt(_dot3(gap, gap))
     # The smallest distance per point: sort by (owner, distance) and keep each owner's first row.
     order = np.lexsort((dist, owner))
     first = order[np.searchsorted(owner[order], np.arange(len(points)))]

@@ -82,6 +82,52 @@ def allowed_bones() -> np.ndarray:
     return M
 
 
+def _toward(a: int, b: int) -> int:
+    """The bone next to a on the kinematic tree's path from bone a to bone b (a != b)."""
+    up = [b]
+    while PARENTS[up[-1]] >= 0:
+        up.append(PARENTS[up[-1]])
+    if a in up:                      # b lies below a: step down toward it
+        return up[up.index(a) - 1]
+    return PARENTS[a]
+
+
+def separate_siblings(labels: np.ndarray, A: sp.csr_matrix, rings: int = 2) -> np.ndarray:
+    """Labels where no two bones that are not adjacent in the tree meet within `rings` edges.
+
+    Skinning masks each vertex to its bone's neighbours, so where two such bones meet (the upper
+    chest against a collar, the neck against a collar, the two thighs at the crotch) the weights
+    jump from one bone to the other across a single edge, and a posed mesh tears there by however
+    far the two bones move apart. Each vertex that close to a bone it may not blend with takes
+    the bone between them on the tree instead (spine3 for the chest and neck against a collar,
+    the pelvis at the crotch): the weights then pass through that bone over a few rings."""
+    n = len(labels)
+    near = np.zeros((n, NUM_JOINTS))
+    near[np.arange(n), labels] = 1.0
+    for _ in range(rings):           # counts of walks: small integers, exact in float64
+        near = near + A @ near
+    allowed = allowed_bones()
+    out = labels.copy()
+    for i in np.nonzero(np.any((near > 0) & ~allowed[labels], axis=1))[0]:
+        b = int(np.nonzero((near[i] > 0) & ~allowed[labels[i]])[0][0])
+        out[i] = _toward(int(labels[i]), b)
+    return out
+
+
+def restrict_to_star(W: np.ndarray, floor: float = 2e-3) -> np.ndarray:
+    """Each row kept only on the bones of the star (a bone, its parent, its children) that holds
+    most of its weight, entries below `floor` dropped, renormalized: the blending rule of
+    `skinning_weights`, for weights that were mixed afterwards."""
+    allowed = allowed_bones()
+    mass = np.zeros_like(W)
+    for c in range(NUM_JOINTS):
+        for b in np.nonzero(allowed[c])[0]:  # fixed order, no BLAS
+            mass[:, c] += W[:, b]
+    W = W * allowed[np.argmax(mass, axis=1)]
+    W[W < floor] = 0.0
+    return W / W.sum(axis=1, keepdims=True)
+
+
 def skinning_weights(labels: np.ndarray, A: sp.csr_matrix, iterations: int = 8,
                      floor: float = 2e-3) -> np.ndarray:
     """Weights ≥ 0 summing to 1, blended across joints over a few rings of the mesh and only
@@ -121,7 +167,7 @@ def _solve3(A: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     return np.array(out)
 
 
-def _convex_weights(X: np.ndarray, prior: np.ndarray, target: np.ndarray,
+def convex_weights(X: np.ndarray, prior: np.ndarray, target: np.ndarray,
                     scale: float) -> np.ndarray | None:
     """Weights w ≥ 0 with Σw = 1 and Σ w x = target, close to `prior` (Σ prior = 1).
 
@@ -169,7 +215,7 @@ def joint_regressor(verts: np.ndarray, labels: np.ndarray, joints: np.ndarray) -
             keep = dist < reach * sigma
             q = dist[keep] / (reach * sigma)
             prior = _bump(q * q)  # smooth, zero at the edge of the ring
-            row = _convex_weights(verts[cand[keep]], prior / np.sum(prior), joints[j], sigma)
+            row = convex_weights(verts[cand[keep]], prior / np.sum(prior), joints[j], sigma)
             if row is not None:
                 R[j, cand[keep]] = row
                 break
@@ -308,22 +354,35 @@ def _belly(verts: np.ndarray, Ws: np.ndarray) -> np.ndarray:
 # Pose blend shapes: a small outward bulge around a bending joint (LBS loses volume there).
 # ----------------------------------------------------------------------------------------------
 
+def bend_radii(verts: np.ndarray, W: np.ndarray, joints: np.ndarray) -> np.ndarray:
+    """(24,) local radius at each joint: the median distance from it of the vertices blended
+    between its bone and its parent's (0 where there are none, and for the root)."""
+    out = np.zeros(NUM_JOINTS)
+    for j in range(1, NUM_JOINTS):
+        sel = 4.0 * W[:, j] * W[:, PARENTS[j]] > 0.5
+        if np.any(sel):
+            d = verts[sel] - joints[j]
+            out[j] = float(np.median(np.sqrt(_dot(d, d))))
+    return out
+
+
 def posedirs(verts: np.ndarray, normals: np.ndarray, W: np.ndarray,
-             joints: np.ndarray) -> np.ndarray:
+             joints: np.ndarray, radii: np.ndarray | None = None) -> np.ndarray:
     """(V, 3, 207). Rotating joint j by θ (any axis) pushes the vertices blended between j and
     its parent out along their normals by 0.12 · (local radius) · (1 − cos θ) · 4·w_j·w_parent.
 
     smplx multiplies these by (R_j − I) flattened; trace(R − I) = −2(1 − cos θ), so the
-    direction sits on the three diagonal entries of each joint with factor −1/2."""
+    direction sits on the three diagonal entries of each joint with factor −1/2.
+    radii: the local radius per joint (default `bend_radii`)."""
+    if radii is None:
+        radii = bend_radii(verts, W, joints)
     out = np.zeros((len(verts), 3, 9 * (NUM_JOINTS - 1)))
     for j in range(1, NUM_JOINTS):
         env = 4.0 * W[:, j] * W[:, PARENTS[j]]
         sel = env > 0.5
         if not np.any(sel):
             continue
-        d = verts[sel] - joints[j]
-        radius = float(np.median(np.sqrt(_dot(d, d))))
-        amp = 0.12 * radius * env
+        amp = 0.12 * float(radii[j]) * env
         for c in (0, 4, 8):
             out[:, :, 9 * (j - 1) + c] = -0.5 * amp[:, None] * normals
     return out

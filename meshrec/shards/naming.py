@@ -11,6 +11,8 @@ WebDataset and DALI split a member name at its first dot, so keys carry no dots:
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from typing import NamedTuple
 
@@ -70,3 +72,9 @@ def subject_order(subject: str) -> tuple[int, str]:
     """Natural order: S1, S5, S9, S11."""
     digits = subject[1:]
     return (int(digits) if digits.isdigit() else 1 << 30, subject)
+
+
+def shard_order(key: str) -> str:
+    """Sort key of samples inside a subject's shards: a fixed pseudo-random order (sha256 of the
+    sample key), so a reader's shuffle buffer mixes actions and cameras, not consecutive frames."""
+    return hashlib.sha256(key.encode()).hexdigest()

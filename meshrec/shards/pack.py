@@ -151,7 +151,8 @@ def plan(table: SampleTable, samples_per_shard: int, run_hash: str) -> list[Shar
     jobs: list[ShardJob] = []
     subjects = sorted(set(table.subject.tolist()), key=naming.subject_order)
     for subject in subjects:
-        rows = np.flatnonzero(table.subject == subject)  # already in key order
+        rows = np.flatnonzero(table.subject == subject)
+        rows = rows[np.argsort([naming.shard_order(k) for k in table.key[rows]], kind="stable")]
         for number, start in enumerate(range(0, rows.size, samples_per_shard)):
             part = table.take(rows[start:start + samples_per_shard])
             name = f"{subject}-{number:06d}"

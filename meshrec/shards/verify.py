@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from meshrec.errors import MeshrecError
-from meshrec.shards import manifest
+from meshrec.shards import manifest, naming
 from meshrec.shards.tarshard import index_text, split_name
 
 REQUIRED_MEMBERS = ("jpg", "json", "smpl.npy")
@@ -101,8 +101,8 @@ def _read_shard(path: Path, name: str, subject: str, size: int) -> _Shard:
                                   f"subject {meta.get('subject')!r}")
         shard.vectors.append(vec)
         shard.actions[str(meta.get("action"))] += 1
-    if shard.keys != sorted(shard.keys) or len(set(shard.keys)) != len(shard.keys):
-        shard.problems.append(f"{name}: sample keys are not unique and sorted")
+    if shard.keys != sorted(shard.keys, key=naming.shard_order) or len(set(shard.keys)) != len(shard.keys):
+        shard.problems.append(f"{name}: sample keys are not unique and in shard order")
     return shard
 
 

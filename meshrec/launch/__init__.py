@@ -1,0 +1,1 @@
+"""Sweeps and launches: grids of configs → cells → submitit jobs (SLURM or local)."""

@@ -1,0 +1,88 @@
+"""A sweep file: a config (with `defaults:`) plus a `grid:` of dotted keys → lists of values.
+
+    defaults: [study.yaml]
+    grid:
+      loss.w_vert: [1.0, 0.5]
+      loss.type: [l1, l2]
+
+Cells are the cartesian product, in the order the keys are written and the values listed. Each
+cell is the base config with that cell's values as overrides, validated like any config, and is
+named by its config hash, so the same settings always get the same name. Every cell is checked
+before anything is queued; a grid key that does not exist, a value of the wrong type, an empty
+list or two cells that resolve to the same config are one-line errors naming the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import yaml
+
+from meshrec.config import Config, ConfigError, config_hash, load_config_and_extras, with_overrides
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str                  # the cell config's hash
+    values: dict[str, Any]     # grid key → this cell's value
+    config: Config
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={_flow(value)}" for key, value in self.values.items()]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: str
+    base: Config
+    grid: dict[str, list[Any]]
+    cells: tuple[Cell, ...]
+
+
+def _flow(value: Any) -> str:
+    """A value as one-line YAML, so the override parses back to the same value."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...")
+
+
+def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Sweep:
+    """Read a sweep file, expand and validate every cell (nothing is submitted here)."""
+    source = os.fspath(path)
+    base, extras = load_config_and_extras(source, overrides, extra_keys=("grid",))
+    grid = extras.get("grid")
+    if grid is None:
+        raise ConfigError(f"{source}: grid: missing (a sweep file needs a `grid:` of key: [values])")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{source}: grid: expected a mapping of dotted keys to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: grid.{key}: expected a non-empty list of values")
+    cells: list[Cell] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        overrides_ = [f"{key}={_flow(value)}" for key, value in values.items()]
+        try:
+            cfg = with_overrides(base, overrides_)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: grid: {exc}") from None
+        name = config_hash(cfg)
+        if name in seen:
+            raise ConfigError(f"{source}: grid: cells {seen[name]} and {values} resolve to the same "
+                              f"config ({name}); a grid key probably does not change the result")
+        seen[name] = values
+        cells.append(Cell(name=name, values=values, config=cfg))
+    return Sweep(path=source, base=base, grid=dict(grid), cells=tuple(cells))
+
+
+def describe(sweep: Sweep) -> list[str]:
+    """A table of the cells: name and grid values, one line each."""
+    keys = list(sweep.grid)
+    widths = [max(len(k), *(len(_flow(c.values[k])) for c in sweep.cells)) for k in keys]
+    head = "cell          " + "  ".join(k.ljust(w) for k, w in zip(keys, widths))
+    rows = [f"{c.name}  " + "  ".join(_flow(c.values[k]).ljust(w) for k, w in zip(keys, widths))
+            for c in sweep.cells]
+    return [head, *rows]

@@ -24,7 +24,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -46,6 +45,7 @@ _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 _QUEUE_LIMIT = 200_000
 _BACKOFF = (1.0, 30.0)
+_THREAD = "meshrec-mlflow"
 # Bounds on a single MLflow HTTP call; our own retry loop does the rest.
 _HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -85,6 +85,11 @@ class _Op:
     kind: str  # start | metrics | params | tags | artifact | end
     data: Any
     attempts: int = 0
+    merge: bool = True  # metric ops: may be batched with the ones after it
+
+
+def _not_from_sender(record: logging.LogRecord) -> bool:
+    return record.threadName != _THREAD
 
 
 class Tracker:
@@ -129,7 +134,11 @@ class Tracker:
                                     "tags": {k: _clip(_text(v), MAX_TAG_LEN)
                                              for k, v in tags.items()}}))
         self._enqueue(_Op("params", flatten_params(params)))
-        self._thread = threading.Thread(target=self._work, name="meshrec-mlflow", daemon=True)
+        # urllib3 logs every failed attempt; our one warning per outage says it instead.
+        noisy = logging.getLogger("urllib3.connectionpool")
+        if _not_from_sender not in noisy.filters:
+            noisy.addFilter(_not_from_sender)
+        self._thread = threading.Thread(target=self._work, name=_THREAD, daemon=True)
         self._thread.start()
         self._run_ready.wait(min(wait_s, self.flush_timeout_s))
         return self.run_id
@@ -267,9 +276,9 @@ class Tracker:
             if not self._queue:
                 return None
             op = self._queue.popleft()
-            if op.kind == "metrics":
+            if op.kind == "metrics" and op.merge:
                 rows = list(op.data)
-                while (self._queue and self._queue[0].kind == "metrics"
+                while (self._queue and self._queue[0].kind == "metrics" and self._queue[0].merge
                        and len(rows) + len(self._queue[0].data) <= _METRICS_PER_BATCH):
                     rows.extend(self._queue.popleft().data)
                 op = _Op("metrics", rows, op.attempts)
@@ -307,7 +316,14 @@ class Tracker:
             try:
                 self._send(op)
             except Exception as exc:  # noqa: BLE001 - nothing here may reach the training loop
-                if self._permanent(exc):
+                keys = {row[0] for row in op.data} if op.kind == "metrics" else set()
+                if self._permanent(exc) and len(keys) > 1:
+                    # One bad metric name must not lose a whole batch: resend key by key.
+                    with self._cond:
+                        for key in sorted(keys, reverse=True):
+                            self._queue.appendleft(
+                                _Op("metrics", [r for r in op.data if r[0] == key], merge=False))
+                elif self._permanent(exc):
                     log.warning("MLflow refused a %s call, dropped: %s", op.kind, _first(exc))
                 else:
                     op.attempts += 1
@@ -341,8 +357,7 @@ class Tracker:
 
         client = self._client
         if op.kind == "metrics":
-            client.log_batch(self.run_id, metrics=[
-                Metric(k, v if math.isfinite(v) else float("nan"), t, s) for k, v, t, s in op.data])
+            client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in op.data])
         elif op.kind == "params":
             present = client.get_run(self.run_id).data.params
             todo = [Param(k, v) for k, v in op.data.items() if k not in present]

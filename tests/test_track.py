@@ -215,3 +215,20 @@ def test_default_local_store_in_working_directory(tmp_path, monkeypatch):
     run = client.get_run(run_id)
     assert run.data.params == {"a.b": "1"} and run.data.tags["k"] == "v"
     assert _history(client, run_id, "loss") == [(3, 0.5)]
+
+
+def test_non_finite_metrics_and_bad_values_do_not_lose_the_rest(mlflow_server, caplog):
+    cfg = _cfg(mlflow_server)
+    tracker = Tracker(cfg, enabled=True)
+    run_id = tracker.start("non-finite", {}, {})
+    tracker.log_metrics({"loss": float("nan"), "grad": float("inf")}, 0)
+    tracker.set_tags({"bad*key?": "x"})  # MLflow refuses this name: dropped with a warning
+    tracker.log_metrics({"loss": 1.0, "grad": 2.0, "bad*name?": 3.0}, 1)
+    assert tracker.finish()
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    client = MlflowClient(mlflow_server)
+    loss, grad = _history(client, run_id, "loss"), _history(client, run_id, "grad")
+    assert [s for s, _ in loss] == [0, 1] and np.isnan(loss[0][1]) and loss[1][1] == 1.0
+    # MLflow stores +inf as the largest float.
+    assert grad[0][1] >= np.finfo(np.float64).max and grad[1] == (1, 2.0)
+    assert client.get_run(run_id).data.tags[DONE_TAG] == "true"

@@ -232,3 +232,18 @@ def test_non_finite_metrics_and_bad_values_do_not_lose_the_rest(mlflow_server, c
     # MLflow stores +inf as the largest float.
     assert grad[0][1] >= np.finfo(np.float64).max and grad[1] == (1, 2.0)
     assert client.get_run(run_id).data.tags[DONE_TAG] == "true"
+
+
+def test_server_that_never_answers_does_not_hold_the_run():
+    # Accepts connections (kernel backlog) but never replies: every request hangs until timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        cfg = _cfg(f"http://127.0.0.1:{silent.getsockname()[1]}", **{"track.flush_timeout_s": 2})
+        tracker = Tracker(cfg, enabled=True)
+        began = time.monotonic()
+        assert tracker.start("silent", {"a": 1}, {}, wait_s=1) is None
+        for step in range(50):
+            tracker.log_metrics({"loss": 1.0}, step)
+        assert tracker.finish() is False
+        assert time.monotonic() - began < PROMPT_S

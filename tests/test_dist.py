@@ -227,3 +227,31 @@ def test_submitit_two_tasks_all_reduce(slurm_cluster, tmp_path, monkeypatch):
     assert [(r["rank"], r["world"], r["source"]) for r in results] == [(0, 2, "submitit"),
                                                                       (1, 2, "submitit")]
     assert [r["sum"] for r in results] == [3.0, 3.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_device_is_the_local_gpu():
+    assert mdist.pick_device("auto", 0) == torch.device("cuda", 0)
+    assert mdist.pick_device("cpu", 0) == torch.device("cpu")
+
+
+def _nccl_worker(out_dir: str) -> None:
+    denv = mdist.init_distributed(Config())
+    try:
+        total = torch.tensor([float(denv.rank + 1)], device=denv.device)
+        torch.distributed.all_reduce(total)
+        Path(out_dir, f"rank{denv.rank}.json").write_text(json.dumps(
+            {"backend": torch.distributed.get_backend(), "device": str(denv.device),
+             "sum": total.item()}))
+    finally:
+        mdist.cleanup()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_nccl_processes_all_reduce(tmp_path):
+    mdist.spawn_local(_nccl_worker, 2, str(tmp_path))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["device"] for r in results] == ["cuda:0", "cuda:1"]
+    assert all(r["backend"] == "nccl" and r["sum"] == 3.0 for r in results)

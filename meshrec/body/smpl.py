@@ -114,11 +114,17 @@ class SkinningLayer(nn.Module):
             self.register_buffer(name, value.float().contiguous(), persistent=False)
         parents = [int(p) for p in smpl.parents.tolist()]
         parents[0] = -1
-        self.parents = parents
-        self.levels = _tree_levels(parents)
-        self.order = [0] + [j for joints, _ in self.levels for j in joints]
+        levels = _tree_levels(parents)
+        order = [0] + [j for joints, _ in levels for j in joints]
+        # Index tensors live on the model's device (no host → device copy per call on GPUs).
+        self.num_levels = len(levels)
+        for i, (joints, parent_pos) in enumerate(levels):
+            for name, idx in (("joints", joints), ("parents", [parents[j] for j in joints]),
+                              ("parent_pos", parent_pos)):
+                self.register_buffer(f"level{i}_{name}", torch.as_tensor(idx, dtype=torch.long),
+                                     persistent=False)
         self.register_buffer("inverse_order", torch.as_tensor(
-            np.argsort(self.order), dtype=torch.long), persistent=False)
+            np.argsort(order), dtype=torch.long), persistent=False)
 
     def forward(self, rotmat: Tensor, betas: Tensor, transl: Tensor | None = None
                 ) -> tuple[Tensor, Tensor]:
@@ -133,8 +139,9 @@ class SkinningLayer(nn.Module):
 
         # Forward kinematics, one tree level per step: G_j = G_parent · [R_j | J_j − J_parent].
         rot_levels, pos_levels = [rotmat[:, :1]], [rest[:, :1]]
-        for joints, parent_pos in self.levels:
-            parents = [self.parents[j] for j in joints]
+        for i in range(self.num_levels):
+            joints, parents, parent_pos = (getattr(self, f"level{i}_{name}")
+                                           for name in ("joints", "parents", "parent_pos"))
             prev_rot, prev_pos = rot_levels[-1][:, parent_pos], pos_levels[-1][:, parent_pos]
             offset = (rest[:, joints] - rest[:, parents]).unsqueeze(-1)
             rot_levels.append(prev_rot @ rotmat[:, joints])
@@ -173,6 +180,7 @@ class BodyModel(nn.Module):
 
     The model's arrays are non-persistent buffers: they follow `.to(device)` but stay out of
     `state_dict()`, so checkpoints hold learned weights only (and never the licensed SMPL data).
+    `fast=False` computes through stock smplx instead of `SkinningLayer` (same outputs, slower).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], num_betas: int = layout.NUM_BETAS,

@@ -1,0 +1,147 @@
+"""Augmentation as explicit numbers, shared by both loaders.
+
+One sample's augmentation is a vector of `NUM_PARAMS` floats (`Aug` names the slots):
+
+    scale     crop side multiplier (1 = the base crop)
+    tx, ty    shift of the crop centre, as a fraction of the crop side (x right, y down)
+    angle     in-plane rotation of the image content, degrees, counter-clockwise on screen
+    flip      1.0 = mirrored left/right after the rotation, else 0.0
+    brightness, contrast, saturation   factors, 1 = unchanged
+
+The base crop is the central `CROP_FRACTION` of the packed image (224 of 256 px: the packer's
+context margin leaves room for the random scale and shift), resized to `image_size`.
+
+The image transform is one affine warp (crop, scale, shift, rotation; bilinear, pixel centres at
++0.5, zero outside the image), then the colour affine, then the flip, then ImageNet normalisation.
+The DALI pipeline draws the numbers with its own random operators and outputs them; the torch
+fallback draws them with `draw` from a seed. Either way `affine_matrix` and `color_matrix` turn
+them into the same pixels (tests compare the two backends on the same numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from meshrec.config import Augment
+
+CROP_FRACTION = 224.0 / 256.0
+NUM_PARAMS = 8
+IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=np.float32)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # grey level of the saturation change (as DALI's color_twist)
+CONTRAST_CENTER = 128.0       # grey that contrast scales around (as DALI's color_twist)
+
+
+class Aug:
+    SCALE, TX, TY, ANGLE, FLIP, BRIGHTNESS, CONTRAST, SATURATION = range(NUM_PARAMS)
+
+
+def ranges(aug: "Augment") -> dict[int, tuple[float, float]]:
+    """Uniform ranges of every continuous slot under config `aug` (flip is a coin)."""
+    return {
+        Aug.SCALE: (1.0 - aug.scale, 1.0 + aug.scale),
+        Aug.TX: (-aug.translate, aug.translate),
+        Aug.TY: (-aug.translate, aug.translate),
+        Aug.ANGLE: (-aug.rotate_deg, aug.rotate_deg),
+        Aug.BRIGHTNESS: (1.0 - aug.color_jitter, 1.0 + aug.color_jitter),
+        Aug.CONTRAST: (1.0 - aug.color_jitter, 1.0 + aug.color_jitter),
+        Aug.SATURATION: (1.0 - aug.color_jitter, 1.0 + aug.color_jitter),
+    }
+
+
+def draw(rng: np.random.Generator, n: int, aug: "Augment") -> np.ndarray:
+    """(n, NUM_PARAMS) float32 augmentation numbers drawn from `rng` under config `aug`."""
+    out = np.tile(IDENTITY, (n, 1))
+    if not aug.enabled:
+        return out
+    for slot, (lo, hi) in ranges(aug).items():
+        out[:, slot] = rng.uniform(lo, hi, n)
+    out[:, Aug.FLIP] = rng.random(n) < aug.flip_prob
+    return out
+
+
+def affine_matrix(params: np.ndarray, src_w: float, src_h: float, out_size: int) -> np.ndarray:
+    """2×3 float64 matrix mapping output pixel coordinates to source ones (pixel centres at +0.5).
+
+    Output point p maps to C + side/out · R(angle)⁻¹ (p − out/2), with C the shifted crop centre:
+    rotating where we sample by −angle shows the content rotated by +angle.
+    """
+    p = np.asarray(params, dtype=np.float64)
+    side = CROP_FRACTION * min(src_w, src_h) * p[Aug.SCALE]
+    k = side / out_size
+    cx = src_w / 2.0 + p[Aug.TX] * side
+    cy = src_h / 2.0 + p[Aug.TY] * side
+    a = math.radians(p[Aug.ANGLE])
+    c, s = math.cos(a), math.sin(a)
+    # Screen counter-clockwise rotation with y down is [[c, s], [-s, c]]; its inverse:
+    lin = k * np.array([[c, -s], [s, c]])
+    half = out_size / 2.0
+    t = np.array([cx, cy]) - lin @ np.array([half, half])
+    return np.concatenate([lin, t[:, None]], axis=1)
+
+
+def exact_crop(src_size: int | None, out_size: int) -> int | None:
+    """Offset of the unaugmented crop when it is a plain pixel copy (base crop side = out_size
+    at an integral offset, e.g. 224 of 256), else None: then no resampling is needed."""
+    if not src_size or (src_size - out_size) % 2 or CROP_FRACTION * src_size != out_size:
+        return None
+    return (src_size - out_size) // 2
+
+
+def color_matrix(params: np.ndarray) -> tuple[np.ndarray, float]:
+    """(3×3 matrix, offset) of the colour change on RGB in 0..255: out = M @ rgb + offset.
+
+    brightness · (contrast · (saturation mix) + (1 − contrast) · 128), the saturation mix being
+    s·rgb + (1 − s)·luma(rgb) — what DALI's `color_twist` computes for the same three factors.
+    """
+    p = np.asarray(params, dtype=np.float64)
+    b, c, s = p[Aug.BRIGHTNESS], p[Aug.CONTRAST], p[Aug.SATURATION]
+    sat = s * np.eye(3) + (1.0 - s) * np.tile(np.asarray(LUMA), (3, 1))
+    return b * c * sat, b * (1.0 - c) * CONTRAST_CENTER
+
+
+def apply(image: "torch.Tensor", params: np.ndarray, out_size: int) -> "torch.Tensor":
+    """CHW uint8 RGB image → CHW uint8 `out_size`² augmented crop (the torch backend's transform).
+
+    Flip is applied here too; normalisation is left to `normalize` (done once per batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = int(image.shape[1]), int(image.shape[2])
+    offset = exact_crop(w, out_size) if h == w and np.array_equal(params, IDENTITY) else None
+    if offset is not None:  # the warp would copy these pixels exactly
+        return image[:, offset:offset + out_size, offset:offset + out_size].contiguous()
+    m = affine_matrix(params, w, h, out_size)
+    centres = (np.arange(out_size, dtype=np.float64) + 0.5)
+    px, py = np.meshgrid(centres, centres)
+    qx = m[0, 0] * px + m[0, 1] * py + m[0, 2]
+    qy = m[1, 0] * px + m[1, 1] * py + m[1, 2]
+    # grid_sample(align_corners=False) puts pixel centres at -1 + (2i + 1) / size.
+    grid = np.stack([qx / w * 2.0 - 1.0, qy / h * 2.0 - 1.0], axis=-1)
+    src = image.unsqueeze(0).to(torch.float32)
+    out = F.grid_sample(src, torch.from_numpy(grid).to(torch.float32).unsqueeze(0),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    cm, offset = color_matrix(params)
+    if not (np.allclose(cm, np.eye(3)) and offset == 0.0):
+        out = torch.einsum("ij,jhw->ihw", torch.from_numpy(cm).to(torch.float32), out) + offset
+    out = out.round_().clamp_(0, 255).to(torch.uint8)
+    if params[Aug.FLIP] > 0.5:
+        out = out.flip(-1)
+    return out
+
+
+def normalize(images: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
+    """NCHW uint8 → ImageNet-normalised `dtype`."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
+    return ((images.to(torch.float32) - mean) / std).to(dtype)

@@ -1,0 +1,90 @@
+"""`build_loader`: the one entry to the data loaders (DALI or the torch fallback, by config)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+
+from meshrec.config import Config
+from meshrec.data import shardset
+from meshrec.data.batch import Batch
+from meshrec.data.labels import Pelvis
+from meshrec.errors import MeshrecError
+
+
+class Loader(Protocol):
+    samples: int  # samples this rank yields per epoch (padding and dropped tails excluded)
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterable[Batch]: ...
+    def state_dict(self) -> dict: ...
+
+
+def shares(n: int, world_size: int) -> list[tuple[int, int]]:
+    """[begin, end) of each rank's contiguous share of n samples (DALI's split)."""
+    return [(r * n // world_size, (r + 1) * n // world_size) for r in range(world_size)]
+
+
+def rank_samples(n: int, rank: int, world_size: int, batch: int, train: bool) -> int:
+    """Samples `rank` yields per epoch: full batches of the smallest share when training (the
+    rest is dropped), its whole share when evaluating."""
+    sizes = [end - begin for begin, end in shares(n, world_size)]
+    return min(sizes) // batch * batch if train else sizes[rank]
+
+
+def rank_batch(global_batch: int, world_size: int, what: str) -> int:
+    """Per-rank batch of a global batch; it must split evenly so every rank steps together."""
+    if global_batch % world_size:
+        raise MeshrecError(f"{what} {global_batch} does not split evenly over {world_size} ranks")
+    return global_batch // world_size
+
+
+def body_pelvis(cfg: Config) -> Pelvis:
+    """Rest pelvis of the configured body (flipping and rotating translations need it)."""
+    from meshrec.body import mirror
+    from meshrec.body.load import resolve_model_path
+    from meshrec.body.model_file import load_arrays
+
+    return Pelvis(*mirror.pelvis_affine(load_arrays(resolve_model_path(cfg.body))))
+
+
+def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", state: dict | None = None) -> Loader:
+    """Batches of `split` (train | val | test) for global `rank` of `world_size`.
+
+    Training splits are shuffled and augmented (data.augment); val/test are centre crops, each
+    sample exactly once over all ranks. `len()` is the number of batches per epoch, equal on
+    every rank. `state` (from `loader.state_dict()` after k batches) resumes mid-epoch.
+    """
+    if not 0 <= rank < world_size:
+        raise MeshrecError(f"rank {rank} is outside world size {world_size}")
+    device = torch.device(device)
+    train = split == "train"
+    subjects = shardset.split_subjects(cfg, split)
+    root = shardset.shard_dir(cfg)
+    manifest = shardset.load_manifest(root)
+    shards = shardset.select(root, manifest, subjects)
+    with_joints = "joints.npy" in manifest.get("members", [])
+    batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
+                       "data.batch_size" if train else "eval.batch_size")
+    pelvis = body_pelvis(cfg) if manifest.get("layout", {}).get("with_transl") else None
+    total = sum(s.samples for s in shards)
+    if rank_samples(total, 0, world_size, batch, train) == 0:
+        raise MeshrecError(f"{total} samples of {', '.join(subjects)} over {world_size} ranks "
+                           f"give no full batch of {batch} per rank")
+    loader: Loader
+    if cfg.data.backend == "dali":
+        from meshrec.data.dali import DaliLoader
+
+        # Packed crops all have the manifest's size: lets an unaugmented crop skip resampling.
+        src_size = manifest.get("config", {}).get("size")
+        loader = DaliLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
+                            state, pelvis, src_size if isinstance(src_size, int) else None)
+    else:
+        from meshrec.data.torch_loader import TorchLoader
+
+        loader = TorchLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
+                             state, pelvis)
+    loader.samples = rank_samples(total, rank, world_size, batch, train)
+    return loader

@@ -1,0 +1,196 @@
+"""Fallback loader (`data.backend: torch`) for machines without DALI: the same WebDataset tars,
+a torch DataLoader, and the same crop / colour / flip / normalisation as the DALI pipeline.
+
+The tars are read through their DALI index files by random access (two `pread`s a sample)
+rather than by webdataset's streaming reader: that gives what a streaming reader cannot give
+without resampling — an exact split of every sample over ranks, a global shuffle, and
+resuming mid-epoch without decoding the skipped samples.
+
+Per epoch `e` (train): one permutation of all samples and one table of augmentation numbers
+(`augment.draw`), both from `data.seed` and `e` only, so every rank agrees on the order and a
+resumed run recomputes them. Rank `r` takes the contiguous share [⌊rN/W⌋, ⌊(r+1)N/W⌋) of the
+order (as DALI shards) and yields ⌊smallest share / batch⌋ batches; val/test are unshuffled,
+unaugmented and yield ⌈largest share / batch⌉ batches on every rank (the last short or empty),
+so all ranks together see every sample exactly once.
+
+Workers decode (torchvision's libjpeg-turbo) and warp to uint8; normalisation runs once per
+batch in the main process (shipping uint8 between processes is 4× cheaper than float32). A
+JPEG that does not decode is skipped: it is left out of its batch, listed in the batch's
+`skipped` keys and counted in `loader.skipped`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import multiprocessing
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the forkserver too
+
+from meshrec.config import Config
+from meshrec.data import augment
+from meshrec.data.batch import Batch, finish
+from meshrec.data.labels import Pelvis
+from meshrec.data.loader import shares
+from meshrec.data.shardset import SampleRef, Shard, all_samples, read_member
+from meshrec.errors import MeshrecError
+
+Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
+
+
+def epoch_plan(n: int, seed: int, epoch: int, train: bool, cfg_aug: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(order of sample numbers, (n, 8) augmentation numbers in that order) of one epoch."""
+    if not train:
+        return np.arange(n), np.tile(augment.IDENTITY, (n, 1))
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    return order, augment.draw(rng, n, cfg_aug)
+
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class ShardSamples(Dataset):
+    """Item (sample number, augmentation numbers) → decoded, augmented uint8 sample or a skip."""
+
+    def __init__(self, shards: Sequence[Shard], refs: Sequence[SampleRef], size: int,
+                 with_joints: bool) -> None:
+        self.shards, self.refs, self.size, self.with_joints = list(shards), list(refs), size, with_joints
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, item: Item) -> dict[str, Any]:
+        number, numbers = item
+        ref = self.refs[number]
+        tar = self.shards[ref.shard].tar
+        member = lambda ext: read_member(tar, *ref.members[ext])  # noqa: E731
+        params = np.asarray(numbers, dtype=np.float32)
+        try:
+            raw = torch.frombuffer(bytearray(member("jpg")), dtype=torch.uint8)
+            with warnings.catch_warnings():  # torchvision 0.29 announces a move to torchcodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_jpeg(raw, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as exc:
+            return {"key": ref.key, "skip": f"{tar} key {ref.key}: {exc}"}
+        out = {"key": ref.key, "image": augment.apply(image, params, self.size),
+               "params": torch.from_numpy(_npy(member("smpl.npy")).astype(np.float32)),
+               "aug": torch.from_numpy(params)}
+        if self.with_joints:
+            out["joints"] = torch.from_numpy(_npy(member("joints.npy")).astype(np.float32))
+        return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    kept = [it for it in items if "skip" not in it]
+    out: dict[str, Any] = {"key": [it["key"] for it in kept],
+                           "skipped": [it["skip"] for it in items if "skip" in it]}
+    for name in ("image", "params", "aug", "joints"):
+        if kept and name in kept[0]:
+            out[name] = torch.stack([it[name] for it in kept])
+    return out
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers come from a forkserver that has imported this module: a plain fork would copy
+    a parent whose other threads (DALI's, torch's) may hold locks, and can deadlock the child
+    (seen once in the test suite); spawning would re-import torch in every worker."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class _Plan:
+    """Batch sampler the loader refills each epoch (the workers only ever see single items)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Item]] = []
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TorchLoader:
+    """Iterable of `Batch` for one rank; `len()` = batches per epoch (equal on every rank)."""
+
+    def __init__(self, cfg: Config, shards: Sequence[Shard], with_joints: bool, train: bool,
+                 batch_size: int, rank: int, world_size: int, device: torch.device,
+                 state: dict | None = None, pelvis: Pelvis | None = None) -> None:
+        self.cfg, self.train, self.batch_size = cfg, train, batch_size
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.with_joints, self.pelvis = with_joints, pelvis
+        self.dataset = ShardSamples(shards, all_samples(shards), cfg.data.image_size, with_joints)
+        n = len(self.dataset)
+        first = self.dataset.refs[0]
+        self.param_size = _npy(read_member(shards[first.shard].tar, *first.members["smpl.npy"])).size
+        sizes = [end - begin for begin, end in shares(n, world_size)]
+        self.batches = min(sizes) // batch_size if train else math.ceil(max(sizes) / batch_size)
+        self.epoch, self.position = 0, 0  # next batch to yield
+        if state is not None:
+            if state.get("backend") != "torch":
+                raise MeshrecError(f"loader state is from the {state.get('backend')!r} backend; "
+                                   "this run uses data.backend: torch")
+            self.epoch, self.position = int(state["epoch"]), int(state["batch"])
+        self.skipped = 0
+        self._plan = _Plan()
+        self._loader: DataLoader | None = None
+        self.image_dtype = torch.float16 if device.type == "cuda" else torch.float32
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def _batches(self, epoch: int) -> list[list[Item]]:
+        """This rank's batches of `epoch`: lists of (sample number, augmentation numbers)."""
+        order, numbers = epoch_plan(len(self.dataset), self.cfg.data.seed, epoch, self.train,
+                                    self.cfg.data.augment)
+        begin, end = shares(len(order), self.world_size)[self.rank]
+        out = []
+        for b in range(self.batches):
+            lo, hi = begin + b * self.batch_size, min(begin + (b + 1) * self.batch_size, end)
+            out.append([(int(order[i]), tuple(float(x) for x in numbers[i]))
+                        for i in range(lo, max(lo, hi))])
+        return out
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.position >= self.batches:  # a state saved at the very end of an epoch
+            self.epoch, self.position = self.epoch + 1, 0
+        self._plan.batches = self._batches(self.epoch)[self.position:]
+        if self._loader is None:  # one pool of workers for the loader's life
+            self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
+                                      num_workers=self.cfg.data.num_threads, persistent_workers=True,
+                                      pin_memory=self.device.type == "cuda", prefetch_factor=4,
+                                      multiprocessing_context=_worker_context())
+        for raw in self._loader:
+            self.position += 1
+            self.skipped += len(raw["skipped"])
+            yield self._finish(raw)
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def _finish(self, raw: dict[str, Any]) -> Batch:
+        size = self.cfg.data.image_size
+        dev = self.device
+        if "image" not in raw:  # an empty batch (evaluation tail) or every sample skipped
+            raw["image"] = torch.zeros(0, 3, size, size, dtype=torch.uint8)
+            raw["params"] = torch.zeros(0, self.param_size)
+            raw["aug"] = torch.zeros(0, augment.NUM_PARAMS)
+            if self.with_joints:
+                raw["joints"] = torch.zeros(0, 24, 4)
+        image = augment.normalize(raw["image"].to(dev, non_blocking=True), self.image_dtype)
+        joints: Optional[torch.Tensor] = raw.get("joints")
+        batch = finish(image, raw["params"].to(dev), None if joints is None else joints.to(dev),
+                       raw["aug"].to(dev), raw["key"], self.pelvis)
+        batch["skipped"] = raw["skipped"]
+        return batch
+
+    def state_dict(self) -> dict:
+        """Position after the batches yielded so far: (epoch, batches done in it)."""
+        return {"backend": "torch", "epoch": self.epoch, "batch": self.position}

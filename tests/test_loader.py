@@ -1,0 +1,325 @@
+"""Loaders over real packed shards: a tiny SPIN-layout source (tests/shard_fixture.py) packed by
+meshrec.shards.pack into 96 px crops, read as 64 px network inputs on CPU."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meshrec.body import mirror
+from meshrec.config import Config, with_overrides
+from meshrec.data import augment, build_loader, labels, shardset
+from meshrec.data.augment import Aug
+from meshrec.errors import MeshrecError
+from meshrec.shards.pack import PackConfig, pack
+from tests.shard_fixture import DISC_RGB, expected_vector, make_spin_source
+
+BACKENDS = ["dali", "torch"]
+SIZE = 84  # = 96 · 224/256: the unaugmented crop is a plain copy; WARPED: a resampled one
+WARPED = 64
+SPLITS = {"h36m_train.npz": ("S1", "S5", "S6"), "h36m_valid.npz": ("S9", "S11")}
+MISSING = "S11/Walking_2.55011271/frame_000006.jpg"  # removed: the packer rejects it → 23 val samples
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader_src")
+    src = make_spin_source(root, splits=SPLITS, frames=3, frame_size=240, with_transl=False)
+    (src.root / MISSING).unlink()
+    return src
+
+
+@pytest.fixture(scope="module")
+def shards(source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("loader_shards") / "shards"
+    # ~10 samples per tar: several tars per subject, so sharding crosses tar boundaries.
+    pack(source.files, source.root, out, PackConfig("spin", size=96, shard_size_mb=0.04),
+         workers=1, progress=False)
+    return out
+
+
+def config(shards: Path, backend: str, *more: str) -> Config:
+    return with_overrides(Config(), [
+        f"data.shards={shards}", f"data.backend={backend}", f"data.image_size={SIZE}",
+        "data.batch_size=8", "eval.batch_size=6", "data.num_threads=1", "data.val_subjects=[S9,S11]",
+        *more])
+
+
+def by_key(source) -> dict[str, dict]:
+    """Source rows by packed sample key (the packer's S1-Action-camera-frame), as packed."""
+    out = {}
+    for name, row in source.rows.items():
+        if name == MISSING:
+            continue
+        subject, rest = name.split("/", 1)
+        action_cam, frame = rest.split("/")
+        action, cam = action_cam.split(".")
+        out[f"{subject}-{action}-{cam}-{frame[6:12]}"] = row
+    return out
+
+
+def take(loader, n: int | None = None) -> list[dict]:
+    """Up to n batches (cloned: loaders may reuse their tensors)."""
+    out = []
+    for batch in loader:
+        out.append({k: v.clone() if torch.is_tensor(v) else list(v) for k, v in batch.items()})
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def pixels(image: torch.Tensor) -> torch.Tensor:
+    """Undo ImageNet normalisation: NCHW → 0..255 float."""
+    mean = torch.tensor(augment.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(augment.IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return image.float() * std + mean
+
+
+@pytest.mark.parametrize("size", [SIZE, WARPED])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, source, backend, size):
+    batches = take(build_loader(config(shards, backend, f"data.image_size={size}"), "val"))
+    rows = by_key(source)
+    b = batches[0]
+    assert b["image"].shape == (6, 3, size, size) and b["image"].dtype == torch.float32
+    assert b["params"].shape == (6, 82) and b["params"].dtype == torch.float32
+    assert b["joints"].shape == (6, 24, 4) and not b["flipped"].any()
+    for b in batches:
+        # The disc (the "person") is centred in every crop: RGB order and normalisation are right.
+        centre = pixels(b["image"])[:, :, size // 2, size // 2]
+        assert torch.allclose(centre, torch.tensor(DISC_RGB, dtype=torch.float32), atol=12)
+        for i, key in enumerate(b["key"]):
+            row = rows[key]
+            assert np.array_equal(b["params"][i].numpy(), expected_vector(row))
+            assert np.allclose(b["joints"][i].numpy(), row["S"].astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_see_every_evaluation_sample_exactly_once(shards, source, backend):
+    cfg = config(shards, backend)
+    expected = {k for k in by_key(source) if k.startswith(("S9", "S11"))}
+    assert len(expected) == 23  # odd: the ranks' shares differ (12 / 11)
+    loaders = [build_loader(cfg, "val", rank, 2) for rank in range(2)]
+    assert len(loaders[0]) == len(loaders[1]) == 4  # ⌈12 / 3⌉ per-rank batches of 3
+    assert [loader.samples for loader in loaders] == [11, 12]
+    for _ in range(2):  # two epochs: the same exact cover each time
+        seen = Counter()
+        for loader in loaders:
+            batches = take(loader)
+            assert len(batches) == len(loader)
+            assert sum(len(b["key"]) for b in batches) == loader.samples
+            assert all(len(b["image"]) == len(b["params"]) == len(b["key"]) for b in batches)
+            seen.update(k for b in batches for k in b["key"])
+        assert set(seen) == expected and max(seen.values()) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_ranks_step_together_on_disjoint_samples(shards, backend):
+    cfg = config(shards, backend)
+    loaders = [build_loader(cfg, "train", rank, 2) for rank in range(2)]
+    assert len(loaders[0]) == len(loaders[1]) == 36 // 2 // 4  # 36 samples, 4 per rank-batch
+    assert loaders[0].samples == loaders[1].samples == 16
+    for _ in range(2):
+        keys = []
+        for loader in loaders:
+            batches = take(loader)
+            assert len(batches) == len(loader) and all(len(b["key"]) == 4 for b in batches)
+            keys.append([k for b in batches for k in b["key"]])
+        assert len(set(keys[0]) | set(keys[1])) == len(keys[0]) + len(keys[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_order_and_augmentation_other_seed_differs(shards, backend):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        batches = take(build_loader(config(shards, backend, f"data.seed={seed}"), "train"))
+        runs[name] = ([k for b in batches for k in b["key"]], torch.cat([b["aug"] for b in batches]))
+    assert runs["a"][0] == runs["b"][0] and torch.equal(runs["a"][1], runs["b"][1])
+    assert runs["a"][0] != runs["c"][0]
+    assert len(set(runs["a"][0])) == len(runs["a"][0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend):
+    cfg = config(shards, backend)
+    loader = build_loader(cfg, "train", 1, 2)
+    take(loader, 2)
+    state = loader.state_dict()
+    expected = take(loader, 2)
+    resumed = take(build_loader(cfg, "train", 1, 2, state=state), 2)
+    for want, got in zip(expected, resumed, strict=True):
+        assert want["key"] == got["key"]
+        assert torch.equal(want["aug"], got["aug"]) and torch.equal(want["image"], got["image"])
+        assert torch.equal(want["params"], got["params"])
+
+
+def test_state_of_one_backend_is_refused_by_the_other(shards):
+    state = build_loader(config(shards, "torch"), "train").state_dict()
+    with pytest.raises(MeshrecError, match="torch"):
+        build_loader(config(shards, "dali"), "train", state=state)
+
+
+def _reference(shards: Path, key: str, numbers: np.ndarray) -> torch.Tensor:
+    """The torch backend's transform of one packed sample, read straight from its shard."""
+    from torchvision.io import decode_jpeg
+
+    cfg = config(shards, "torch")
+    chosen = shardset.select(shards, shardset.load_manifest(shards), ("S1", "S5", "S6"))
+    for ref in shardset.all_samples(chosen):
+        if ref.key == key:
+            data = shardset.read_member(chosen[ref.shard].tar, *ref.members["jpg"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            return augment.apply(img, numbers, cfg.data.image_size)
+    raise KeyError(key)
+
+
+def test_backends_give_matching_pixels_for_the_same_sample_and_numbers(shards):
+    """DALI's augmented batch vs the torch transform given DALI's own augmentation numbers."""
+    batch = take(build_loader(config(shards, "dali"), "train"), 1)[0]
+    assert batch["aug"][:, Aug.ANGLE].abs().max() > 1  # the draw really augments
+    dali_px = pixels(batch["image"])
+    for i, key in enumerate(batch["key"]):
+        ref = _reference(shards, key, batch["aug"][i].numpy()).float()
+        diff = (dali_px[i] - ref).abs()
+        # Bilinear weights in float32 vs float64, then uint8 rounding: one level at most (seen).
+        assert diff.mean() < 0.5 and diff.max() <= 2, (key, diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("size", [SIZE, WARPED])
+def test_backends_give_matching_evaluation_batches(shards, size):
+    dali, torch_ = (take(build_loader(config(shards, b, f"data.image_size={size}"), "val"))
+                    for b in BACKENDS)
+    assert [b["key"] for b in dali] == [b["key"] for b in torch_]
+    for d, t in zip(dali, torch_):
+        diff = (pixels(d["image"]) - pixels(t["image"])).abs()
+        assert diff.max() <= 2 and torch.equal(d["params"], t["params"])
+
+
+def test_mirror_flag_flips_pixels_and_labels(shards, source):
+    no_aug = ("data.augment.scale=0", "data.augment.translate=0", "data.augment.rotate_deg=0",
+              "data.augment.color_jitter=0")
+    rows = by_key(source)
+    flipped = take(build_loader(config(shards, "dali", *no_aug, "data.augment.flip_prob=1"),
+                                "train"), 1)[0]
+    plain = take(build_loader(config(shards, "dali", *no_aug, "data.augment.flip_prob=0"),
+                              "train"), 1)[0]
+    assert flipped["key"] == plain["key"] and flipped["flipped"].all() and not plain["flipped"].any()
+    assert torch.equal(flipped["image"], plain["image"].flip(-1))
+    for i, key in enumerate(flipped["key"]):
+        src = torch.from_numpy(expected_vector(rows[key]))
+        assert torch.equal(plain["params"][i], src)
+        assert torch.allclose(flipped["params"][i], mirror.flip_params(src))
+        joints = torch.from_numpy(rows[key]["S"].astype(np.float32))
+        assert torch.allclose(flipped["joints"][i], mirror.flip_joints(joints))
+
+
+def test_random_flips_apply_to_the_labels_of_exactly_the_flipped_samples(shards, source):
+    rows = by_key(source)
+    batches = take(build_loader(config(shards, "torch", "data.augment.rotate_deg=0"), "train"))
+    flags = torch.cat([b["flipped"] for b in batches])
+    assert 0 < flags.sum() < len(flags)
+    for b in batches:
+        for i, key in enumerate(b["key"]):
+            src = torch.from_numpy(expected_vector(rows[key]))
+            want = mirror.flip_params(src) if b["flipped"][i] else src
+            assert torch.allclose(b["params"][i], want)
+
+
+def test_label_rotation_turns_the_same_way_as_the_image():
+    """A camera-frame point on the optical axis plane, rotated as the labels are, projects where
+    the image warp moves its pixel (crop centre = principal point, no scale)."""
+    size, focal = 64, 100.0
+    numbers = augment.IDENTITY.copy()
+    numbers[Aug.ANGLE] = 30.0
+    numbers[Aug.SCALE] = 1.0 / augment.CROP_FRACTION  # source 64 px crop → 64 px output, 1:1
+    m = augment.affine_matrix(numbers, size, size, size)
+    point = np.array([0.2, -0.1, 1.0])  # x right, y down, z forward
+    src_px = focal * point[:2] / point[2] + size / 2
+    rotated = labels.rotation_z(torch.tensor([30.0]))[0].numpy() @ point
+    out_px = focal * rotated[:2] / rotated[2] + size / 2
+    # The warp maps output → source: the rotated projection must map back to the source pixel.
+    assert np.allclose(m[:, :2] @ out_px + m[:, 2], src_px, atol=1e-9)
+
+
+def test_rotation_with_translation_keeps_the_pelvis_on_the_rotated_point():
+    rng = np.random.default_rng(0)
+    pelvis = labels.Pelvis(rng.normal(0, 0.01, 3), rng.normal(0, 0.01, (3, 10)))
+    vec = torch.from_numpy(rng.normal(0, 0.3, (5, 85)))
+    angle = torch.tensor([10.0, -20.0, 0.0, 45.0, 90.0], dtype=torch.float64)
+    out, _ = labels.rotate(vec, None, angle, pelvis)
+    before = vec[:, 82:] + pelvis(vec[:, 72:82])
+    after = out[:, 82:] + pelvis(out[:, 72:82])
+    want = (labels.rotation_z(angle) @ before.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(after, want) and torch.equal(out[:, 3:82], vec[:, 3:82])
+
+
+def _corrupt_copy(shards: Path, tmp_path: Path) -> tuple[Path, str, str]:
+    """A copy of the shards with one JPEG's bytes replaced by garbage; (dir, shard, key)."""
+    out = tmp_path / "shards"
+    shutil.copytree(shards, out)
+    chosen = shardset.select(out, shardset.load_manifest(out), ("S5",))
+    ref = shardset.all_samples(chosen)[4]
+    tar = chosen[ref.shard].tar
+    offset, size = ref.members["jpg"]
+    with open(tar, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\xd8\xff\xe0" + bytes(range(256)) * (size // 256) + bytes(size % 256 - 4))
+    return out, tar, ref.key
+
+
+def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path):
+    bad, tar, key = _corrupt_copy(shards, tmp_path)
+
+    def run() -> None:
+        for _ in build_loader(config(bad, "dali"), "train"):
+            pass
+
+    with cf.ThreadPoolExecutor(1) as pool:  # a hang fails the test instead of stalling it
+        future = pool.submit(run)
+        with pytest.raises(MeshrecError) as err:
+            future.result(timeout=120)
+    assert tar in str(err.value) and key in str(err.value)
+
+
+def test_corrupt_jpeg_torch_is_skipped_and_counted(shards, tmp_path):
+    bad, tar, key = _corrupt_copy(shards, tmp_path)
+    loader = build_loader(config(bad, "torch", "data.batch_size=36"), "train")
+    batch = take(loader)[0]
+    assert loader.skipped == 1 and len(batch["skipped"]) == 1 and key in batch["skipped"][0]
+    assert key not in batch["key"] and len(batch["key"]) == 35
+
+
+def test_bad_requests_are_one_line_errors(shards):
+    with pytest.raises(MeshrecError, match="does not split evenly"):
+        build_loader(config(shards, "torch", "data.batch_size=9"), "train", 0, 2)
+    with pytest.raises(MeshrecError, match="S7"):
+        build_loader(config(shards, "torch", "data.train_subjects=[S7]"), "train")
+    with pytest.raises(MeshrecError, match="split"):
+        build_loader(config(shards, "torch"), "holdout")
+
+
+@pytest.mark.slow
+def test_flip_of_vectors_with_translation_uses_the_body_pelvis(standin_file, standin_model, tmp_path):
+    src = make_spin_source(tmp_path / "src", splits={"h36m_train.npz": ("S1",)}, frames=2,
+                           frame_size=240, with_transl=True)
+    out = tmp_path / "shards"
+    pack(src.files, src.root, out, PackConfig("spin", size=96), workers=1, progress=False)
+    no_aug = ("data.augment.scale=0", "data.augment.translate=0", "data.augment.rotate_deg=0",
+              "data.augment.color_jitter=0", "data.augment.flip_prob=1", "data.train_subjects=[S1]",
+              f"body.model_path={standin_file}")
+    batch = take(build_loader(config(out, "torch", *no_aug), "train"), 1)[0]
+    rows = by_key(src)
+    for i, key in enumerate(batch["key"]):
+        vec = torch.from_numpy(expected_vector(rows[key])).double()
+        rest = mirror.pelvis_rest(standin_model, vec[72:82])
+        want = mirror.flip_params(vec, rest).float()
+        assert torch.allclose(batch["params"][i], want, atol=1e-6)

@@ -205,6 +205,8 @@ class Track:
     experiment: str = _f("meshrec", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name; '' = the config hash")
     overlays: int = _f(4, "prediction overlay PNGs logged per epoch", min=0)
+    flush_timeout_s: float = _f(120.0, "seconds the end of a run waits for queued MLflow calls "
+                                "(a server that is down never stops training)", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,19 @@ def init_from(run: Run, path: str) -> None:
 
 # ------------------------------------------------------------------ one optimizer step
 
+def isolated(loader: Any):
+    """The loader's batches, drawn without touching torch's global RNG (DataLoader draws a seed
+    from it whenever it starts iterating): dropout then sees the same random stream whether or
+    not a run was stopped and resumed in the middle of an epoch."""
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def _finite_everywhere(value: torch.Tensor) -> bool:
     ok = torch.isfinite(value.detach()).all().float().reshape(1).cpu()
     if torch_dist.is_available() and torch_dist.is_initialized():
@@ -343,9 +356,10 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
         run.val_loaders[split] = build_loader(cfg, split, run.env.rank, run.env.world_size,
                                               run.env.device)
     loader = run.val_loaders[split]
-    rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
-                                            run.mean_params, run.amp, run.env.device))
-    pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
+    with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG alone
+        rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
+                                                run.mean_params, run.amp, run.env.device))
+        pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
     run.core.train()
     return evaluate.summary(rec, f"{split}_"), pictures
 
@@ -473,7 +487,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
     window_t, window_steps = time.perf_counter(), 0
     stopped = False
     for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
-        for batch in run.loader:
+        for batch in isolated(run.loader):
             terms = train_step(run, batch)
             window_steps += 1
             if bar is not None:

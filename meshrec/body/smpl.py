@@ -3,6 +3,14 @@
 `BodyModel` always computes in float32 with autocast disabled: smplx's Rodrigues adds 1e-8
 before a norm, which underflows in float16 and turns a zero rotation into NaN, and skinning
 6,890 vertices through 24 chained transforms loses millimetres in half precision.
+
+Two routes compute the same SMPL function (equal to float32 rounding; tests hold them to 1e-6 m):
+- stock: `smplx.SMPL` itself (`BodyModel(arrays, fast=False)`), the reference;
+- fast (the default, `SkinningLayer`): the same equations with less work, for the training loss:
+  rest joints from precomputed J_regressor·v_template and J_regressor·shapedirs (no regression
+  over all vertices); shape and pose blend shapes in one matrix product; forward kinematics
+  one tree level at a time (9 batched steps instead of 23); skinning with 3×4 instead of 4×4
+  transforms; no extra landmark joints.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from meshrec.body import params as layout
+from meshrec.body.rotations import axis_angle_to_matrix
 from meshrec.errors import MeshrecError
 
 KINDS = ("smpl", "standin")
@@ -60,6 +69,94 @@ def build_smpl(arrays: dict[str, np.ndarray], num_betas: int = layout.NUM_BETAS)
     return model
 
 
+def _tree_levels(parents: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Joints grouped by depth below the root: [(joints, positions of their parents within the
+    previous level)], so each level's transforms come from the previous level's in one step."""
+    depth = [0] * len(parents)
+    for j, p in enumerate(parents):
+        if p >= 0:
+            if p >= j:
+                raise MeshrecError("body model kinematic tree: a parent must come before its child")
+            depth[j] = depth[p] + 1
+    levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
+    out = []
+    for prev, cur in zip(levels, levels[1:]):
+        out.append((cur, [prev.index(parents[j]) for j in cur]))
+    return out
+
+
+class SkinningLayer(nn.Module):
+    """SMPL's equations (shape/pose blend shapes, kinematic chain, linear blend skinning) in
+    float32, from the arrays of a built stock `smplx.SMPL`; non-persistent buffers only."""
+
+    def __init__(self, smpl: nn.Module) -> None:
+        super().__init__()
+        v_template = smpl.v_template.double()                          # [V, 3]
+        shapedirs = smpl.shapedirs.double()                            # [V, 3, L]
+        regressor = smpl.J_regressor.double()                          # [J, V]
+        num_betas = shapedirs.shape[-1]
+        # [L + 207, 3V]: betas then (R − I) of joints 1.. multiply one matrix
+        dirs = torch.cat([shapedirs.permute(2, 0, 1).reshape(num_betas, -1),
+                          smpl.posedirs.double()], dim=0)
+        joint_dirs = torch.einsum("jv,vkl->ljk", regressor, shapedirs).reshape(num_betas, -1)
+        num_vertices = v_template.shape[0]
+        # Vertices are computed coordinate-major ([B, 3, V]): skinning then works on long
+        # contiguous rows instead of one tiny matrix product per vertex.
+        coord_major = lambda a: a.reshape(a.shape[0], num_vertices, 3).transpose(1, 2).reshape(
+            a.shape[0], -1)
+        buffers = {
+            "v_template": coord_major(v_template.reshape(1, -1)).reshape(-1),
+            "dirs": coord_major(dirs),
+            "j_template": (regressor @ v_template).reshape(-1),
+            "joint_dirs": joint_dirs,
+            "weights_t": smpl.lbs_weights.double().t(),                # [J, V]
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float().contiguous(), persistent=False)
+        parents = [int(p) for p in smpl.parents.tolist()]
+        parents[0] = -1
+        self.parents = parents
+        self.levels = _tree_levels(parents)
+        self.order = [0] + [j for joints, _ in self.levels for j in joints]
+        self.register_buffer("inverse_order", torch.as_tensor(
+            np.argsort(self.order), dtype=torch.long), persistent=False)
+
+    def forward(self, rotmat: Tensor, betas: Tensor, transl: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """rotmat [B, J, 3, 3], betas [B, L], transl [B, 3] | None → (vertices [B,V,3], joints [B,J,3])."""
+        batch, num_joints = rotmat.shape[:2]
+        eye = torch.eye(3, dtype=rotmat.dtype, device=rotmat.device)
+        pose_feature = (rotmat[:, 1:] - eye).reshape(batch, -1)
+        coeffs = torch.cat([betas, pose_feature], dim=1)
+        v_posed = torch.addmm(self.v_template, coeffs, self.dirs).reshape(batch, 3, -1)
+        rest = torch.addmm(self.j_template, betas, self.joint_dirs).reshape(batch, num_joints, 3)
+
+        # Forward kinematics, one tree level per step: G_j = G_parent · [R_j | J_j − J_parent].
+        rot_levels, pos_levels = [rotmat[:, :1]], [rest[:, :1]]
+        for joints, parent_pos in self.levels:
+            parents = [self.parents[j] for j in joints]
+            prev_rot, prev_pos = rot_levels[-1][:, parent_pos], pos_levels[-1][:, parent_pos]
+            offset = (rest[:, joints] - rest[:, parents]).unsqueeze(-1)
+            rot_levels.append(prev_rot @ rotmat[:, joints])
+            pos_levels.append((prev_rot @ offset).squeeze(-1) + prev_pos)
+        glob_rot = torch.cat(rot_levels, dim=1)[:, self.inverse_order]   # [B, J, 3, 3]
+        posed_joints = torch.cat(pos_levels, dim=1)[:, self.inverse_order]  # [B, J, 3]
+
+        # Skinning transforms map rest-pose points: x ↦ G_rot x + (posed joint − G_rot · rest joint).
+        shift = posed_joints - (glob_rot @ rest.unsqueeze(-1)).squeeze(-1)
+        # Blended per-vertex transforms, coordinate-major: rotation part [B, 3 (out), 3, V] and
+        # translation [B, 3, V], as two products (slicing one [B, 12, V] costs more in backward).
+        blended_rot = torch.matmul(glob_rot.reshape(batch, num_joints, 9).transpose(1, 2),
+                                   self.weights_t).reshape(batch, 3, 3, -1)
+        blended_shift = torch.matmul(shift.transpose(1, 2), self.weights_t)
+        vertices = (blended_rot * v_posed.unsqueeze(1)).sum(2) + blended_shift
+        vertices = vertices.transpose(1, 2).contiguous()                   # [B, V, 3]
+        if transl is not None:
+            vertices = vertices + transl.unsqueeze(1)
+            posed_joints = posed_joints + transl.unsqueeze(1)
+        return vertices, posed_joints
+
+
 def _kind(arrays: dict[str, np.ndarray]) -> str:
     if "model_kind" not in arrays:
         return "smpl"
@@ -76,7 +173,8 @@ class BodyModel(nn.Module):
     `state_dict()`, so checkpoints hold learned weights only (and never the licensed SMPL data).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], num_betas: int = layout.NUM_BETAS) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], num_betas: int = layout.NUM_BETAS,
+                 fast: bool = True) -> None:
         super().__init__()
         if num_betas != layout.NUM_BETAS:
             raise MeshrecError(f"the parameter layout has {layout.NUM_BETAS} betas, not {num_betas}")
@@ -90,6 +188,7 @@ class BodyModel(nn.Module):
             for name, buf in list(module.named_buffers(recurse=False)):
                 delattr(module, name)
                 module.register_buffer(name, buf, persistent=False)
+        self.fast = SkinningLayer(self.smpl) if fast else None
 
     @property
     def num_vertices(self) -> int:
@@ -101,6 +200,10 @@ class BodyModel(nn.Module):
             raise MeshrecError(f"BodyModel expects params [B, P]; got shape {tuple(params.shape)}")
         with torch.autocast(device_type=params.device.type, enabled=False):
             parts = layout.split(params.float())
+            if self.fast is not None:
+                pose = torch.cat([parts["global_orient"], parts["body_pose"]], dim=-1)
+                rotmat = axis_angle_to_matrix(pose.reshape(pose.shape[0], -1, 3))
+                return BodyOutput(*self.fast(rotmat, parts["betas"], parts.get("transl")))
             out = self.smpl(global_orient=parts["global_orient"], body_pose=parts["body_pose"],
                             betas=parts["betas"], transl=parts.get("transl"), pose2rot=True)
         return BodyOutput(out.vertices, out.joints[:, : layout.NUM_JOINTS])
@@ -112,6 +215,9 @@ class BodyModel(nn.Module):
         with torch.autocast(device_type=betas.device.type, enabled=False):
             go = global_rotmat.float().reshape(batch, 1, 3, 3)
             bp = body_rotmat.float().reshape(batch, layout.NUM_JOINTS - 1, 3, 3)
+            if self.fast is not None:
+                return BodyOutput(*self.fast(torch.cat([go, bp], dim=1), betas.float(),
+                                             None if transl is None else transl.float()))
             out = self.smpl(global_orient=go, body_pose=bp, betas=betas.float(),
                             transl=None if transl is None else transl.float(), pose2rot=False)
         return BodyOutput(out.vertices, out.joints[:, : layout.NUM_JOINTS])

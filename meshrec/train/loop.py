@@ -204,7 +204,7 @@ def checkpoint_state(run: Run) -> dict:
             "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
             "config": to_dict(run.cfg), "config_hash": run.chash,
             "manifest_sha256": run.manifest_sha256, "mean_params": run.mean_params.tolist(),
-            "mlflow_run_id": run.run_id or ""}
+            "mlflow_run_id": (run.tracker.run_id if run.tracker else None) or run.run_id or ""}
 
 
 def save(run: Run) -> None:
@@ -291,6 +291,8 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     if run.env.device.type == "cuda" and cfg.train.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     run.optimizer.zero_grad(set_to_none=True)
+    # BatchNorm running statistics change in the forward pass: kept to undo a bad step.
+    buffers = [b.detach().clone() for b in run.core.buffers()]
     total = torch.zeros((), device=run.env.device)
     terms: dict[str, float] = {}
     for k in range(parts):
@@ -312,6 +314,9 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     run.step += 1
     if not _finite_everywhere(total):
         run.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buf, saved in zip(run.core.buffers(), buffers):
+                buf.copy_(saved)
         run.bad_in_row += 1
         run.bad_total += 1
         if run.bad_in_row >= cfg.train.max_bad_steps:
@@ -320,8 +325,7 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
                                f"try train.amp=off")
         log.warning("step %d: non-finite loss, step skipped (%d in a row)", run.step,
                     run.bad_in_row)
-        run.scheduler.step()  # the schedule follows steps taken, skipped or not
-        return None
+        return None  # the LR schedule follows the updates made
     run.bad_in_row = 0
     if cfg.optim.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
@@ -532,6 +536,6 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
         path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         if not stopped:
             run.tracker.log_artifact(path)
-            run.tracker.set_tags({"done": "true"})
-        run.tracker.finish("FINISHED" if not stopped else "KILLED")
+        # A stopped run is continued by the next job (same MLflow run); only a real end is done.
+        run.tracker.finish("FINISHED" if not stopped else "KILLED", done=not stopped)
     return metrics if env.is_main else {}

@@ -13,9 +13,13 @@ Usage: python bench/train_step.py [--batch 16] [--steps 4] [--smpl-batch 64] [--
    same inputs; outputs are checked equal (max vertex difference printed) before timing.
    Interleaved repetitions, median; ratio = fast / stock (goal ≤ 0.6).
 
-Wall-clock times; the process uses --threads intra-op threads (default: torch's default).
-Last line: `step_img_s=… smpl_ratio=… <config>=… …` where step_img_s is ResNet-50 @ 224 px with
-the frozen encoder (the reference study's setup).
+Wall-clock times, and for the SMPL part also the process's CPU time (steadier on a shared
+machine). --threads sets torch's intra-op threads; the default 1 is deliberate on the shared
+2-core box, where two OpenMP threads competing with other work ran several times slower than one
+(pass --threads 0 for torch's default on a dedicated node).
+Last line: `step_img_s=… smpl_ratio=… smpl_ratio_cpu=… <config>=… …`, where step_img_s is
+ResNet-50 @ 224 px with the frozen encoder (the reference study's setup) and smpl_ratio the
+wall-clock fast / stock ratio.
 """
 
 from __future__ import annotations
@@ -78,27 +82,31 @@ def _vertex_loss(body: BodyModel, pred: torch.Tensor, true: torch.Tensor) -> tor
     return (diff * diff).mean()
 
 
-def smpl_times(arrays: dict, batch: int, reps: int) -> tuple[float, float, float]:
-    """(fast ms, stock ms, max vertex difference m) of one vertex-loss forward + backward."""
+def smpl_times(arrays: dict, batch: int, reps: int) -> tuple[dict, dict, float]:
+    """({route: wall ms}, {route: CPU ms}, max vertex difference m) of one vertex-loss
+    forward + backward, medians over `reps` interleaved repetitions."""
     fast, stock = BodyModel(arrays), BodyModel(arrays, fast=False)
     rng = np.random.default_rng(1)
     true = _params(rng, batch)
     pred = (true + 0.05 * torch.as_tensor(rng.normal(size=true.shape), dtype=torch.float32))
     diff = (fast(pred).vertices - stock(pred).vertices).abs().max().item()
     losses = {}
-    times: dict[str, list[float]] = {"fast": [], "stock": []}
+    wall: dict[str, list[float]] = {"fast": [], "stock": []}
+    cpu: dict[str, list[float]] = {"fast": [], "stock": []}
     for rep in range(reps + 1):
         for name, body in (("fast", fast), ("stock", stock)):
             p = pred.clone().requires_grad_()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             loss = _vertex_loss(body, p, true)
             loss.backward()
             if rep:
-                times[name].append(time.perf_counter() - start)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
             losses[name] = loss.item()
     if abs(losses["fast"] - losses["stock"]) > 1e-5 * abs(losses["stock"]):
         raise SystemExit(f"fast and stock losses differ: {losses}")
-    return (statistics.median(times["fast"]) * 1e3, statistics.median(times["stock"]) * 1e3, diff)
+    med = lambda d: {k: statistics.median(v) * 1e3 for k, v in d.items()}  # noqa: E731
+    return med(wall), med(cpu), diff
 
 
 def main() -> None:
@@ -107,7 +115,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--smpl-batch", type=int, default=64)
     ap.add_argument("--smpl-reps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=0, help="intra-op threads; 0 = torch default")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads; 0 = torch default")
     ap.add_argument("--quick", action="store_true", help="ResNet-18 only, 2 steps (smoke test)")
     args = ap.parse_args()
     if args.threads:
@@ -118,10 +126,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {load:.2f}, body {arrays['v_template'].shape[0]} vertices")
 
-    fast_ms, stock_ms, diff = smpl_times(arrays, args.smpl_batch, args.smpl_reps)
-    ratio = fast_ms / stock_ms
-    print(f"SMPL vertex loss fwd+bwd, batch {args.smpl_batch}: meshrec {fast_ms:.1f} ms, "
-          f"stock smplx {stock_ms:.1f} ms, ratio {ratio:.2f} (max vertex difference {diff:.1e} m)")
+    wall, cpu, diff = smpl_times(arrays, args.smpl_batch, args.smpl_reps)
+    ratio, ratio_cpu = wall["fast"] / wall["stock"], cpu["fast"] / cpu["stock"]
+    print(f"SMPL vertex loss fwd+bwd, batch {args.smpl_batch} (max vertex difference {diff:.1e} m):"
+          f" meshrec {wall['fast']:.1f} ms, stock smplx {wall['stock']:.1f} ms, ratio {ratio:.2f}; "
+          f"CPU time {cpu['fast']:.1f} / {cpu['stock']:.1f} ms, ratio {ratio_cpu:.2f}")
 
     results = {}
     setups = SETUPS[:1] if args.quick else SETUPS
@@ -134,7 +143,7 @@ def main() -> None:
                   f"{'frozen' if frozen else 'fine-tuned'} encoder: {results[key]:.1f} img/s")
     headline = results.get("resnet50_224_frozen", next(iter(results.values())))
     extra = " ".join(f"{k}={v:.1f}" for k, v in results.items())
-    print(f"step_img_s={headline:.1f} smpl_ratio={ratio:.2f} {extra}")
+    print(f"step_img_s={headline:.1f} smpl_ratio={ratio:.2f} smpl_ratio_cpu={ratio_cpu:.2f} {extra}")
 
 
 if __name__ == "__main__":

@@ -100,13 +100,12 @@ class SkinningLayer(nn.Module):
                           smpl.posedirs.double()], dim=0)
         joint_dirs = torch.einsum("jv,vkl->ljk", regressor, shapedirs).reshape(num_betas, -1)
         num_vertices = v_template.shape[0]
-        # Vertices are computed coordinate-major ([B, 3, V]): skinning then works on long
-        # contiguous rows instead of one tiny matrix product per vertex.
-        coord_major = lambda a: a.reshape(a.shape[0], num_vertices, 3).transpose(1, 2).reshape(
-            a.shape[0], -1)
+        # Vertices are computed one coordinate at a time ([B, V] rows): skinning then works on
+        # long contiguous rows instead of one tiny matrix product per vertex, and no [B, V, 3, 3]
+        # temporary is formed. dirs[k] maps (betas, R − I) to coordinate k of every vertex.
         buffers = {
-            "v_template": coord_major(v_template.reshape(1, -1)).reshape(-1),
-            "dirs": coord_major(dirs),
+            "v_template": v_template.t(),                                          # [3, V]
+            "dirs": dirs.reshape(dirs.shape[0], num_vertices, 3).permute(2, 0, 1),  # [3, L+207, V]
             "j_template": (regressor @ v_template).reshape(-1),
             "joint_dirs": joint_dirs,
             "weights_t": smpl.lbs_weights.double().t(),                # [J, V]
@@ -115,11 +114,17 @@ class SkinningLayer(nn.Module):
             self.register_buffer(name, value.float().contiguous(), persistent=False)
         parents = [int(p) for p in smpl.parents.tolist()]
         parents[0] = -1
-        self.parents = parents
-        self.levels = _tree_levels(parents)
-        self.order = [0] + [j for joints, _ in self.levels for j in joints]
+        levels = _tree_levels(parents)
+        order = [0] + [j for joints, _ in levels for j in joints]
+        # Index tensors live on the model's device (no host → device copy per call on GPUs).
+        self.num_levels = len(levels)
+        for i, (joints, parent_pos) in enumerate(levels):
+            for name, idx in (("joints", joints), ("parents", [parents[j] for j in joints]),
+                              ("parent_pos", parent_pos)):
+                self.register_buffer(f"level{i}_{name}", torch.as_tensor(idx, dtype=torch.long),
+                                     persistent=False)
         self.register_buffer("inverse_order", torch.as_tensor(
-            np.argsort(self.order), dtype=torch.long), persistent=False)
+            np.argsort(order), dtype=torch.long), persistent=False)
 
     def forward(self, rotmat: Tensor, betas: Tensor, transl: Tensor | None = None
                 ) -> tuple[Tensor, Tensor]:
@@ -128,13 +133,15 @@ class SkinningLayer(nn.Module):
         eye = torch.eye(3, dtype=rotmat.dtype, device=rotmat.device)
         pose_feature = (rotmat[:, 1:] - eye).reshape(batch, -1)
         coeffs = torch.cat([betas, pose_feature], dim=1)
-        v_posed = torch.addmm(self.v_template, coeffs, self.dirs).reshape(batch, 3, -1)
+        v_posed = [torch.addmm(self.v_template[k], coeffs, self.dirs[k]).unsqueeze(1)
+                   for k in range(3)]                                      # 3 × [B, 1, V]
         rest = torch.addmm(self.j_template, betas, self.joint_dirs).reshape(batch, num_joints, 3)
 
         # Forward kinematics, one tree level per step: G_j = G_parent · [R_j | J_j − J_parent].
         rot_levels, pos_levels = [rotmat[:, :1]], [rest[:, :1]]
-        for joints, parent_pos in self.levels:
-            parents = [self.parents[j] for j in joints]
+        for i in range(self.num_levels):
+            joints, parents, parent_pos = (getattr(self, f"level{i}_{name}")
+                                           for name in ("joints", "parents", "parent_pos"))
             prev_rot, prev_pos = rot_levels[-1][:, parent_pos], pos_levels[-1][:, parent_pos]
             offset = (rest[:, joints] - rest[:, parents]).unsqueeze(-1)
             rot_levels.append(prev_rot @ rotmat[:, joints])
@@ -144,12 +151,14 @@ class SkinningLayer(nn.Module):
 
         # Skinning transforms map rest-pose points: x ↦ G_rot x + (posed joint − G_rot · rest joint).
         shift = posed_joints - (glob_rot @ rest.unsqueeze(-1)).squeeze(-1)
-        # Blended per-vertex transforms, coordinate-major: rotation part [B, 3 (out), 3, V] and
-        # translation [B, 3, V], as two products (slicing one [B, 12, V] costs more in backward).
-        blended_rot = torch.matmul(glob_rot.reshape(batch, num_joints, 9).transpose(1, 2),
-                                   self.weights_t).reshape(batch, 3, 3, -1)
-        blended_shift = torch.matmul(shift.transpose(1, 2), self.weights_t)
-        vertices = (blended_rot * v_posed.unsqueeze(1)).sum(2) + blended_shift
+        # Blended per-vertex transforms Σ_j w_vj [G_rot | shift]_j as rows [B, 3, V]: the three
+        # rotation columns and the shift in one product; then x'_i = t_i + Σ_k R_ik x_k.
+        per_joint = torch.cat([glob_rot, shift.unsqueeze(-1)], dim=-1)     # [B, J, 3, 4]
+        rows = per_joint.permute(0, 3, 2, 1).reshape(-1, num_joints)       # [B·4·3, J]
+        blended = (rows @ self.weights_t).reshape(batch, 4, 3, -1).unbind(1)
+        vertices = blended[3]
+        for k in range(3):
+            vertices = vertices + blended[k] * v_posed[k]
         vertices = vertices.transpose(1, 2).contiguous()                   # [B, V, 3]
         if transl is not None:
             vertices = vertices + transl.unsqueeze(1)
@@ -171,6 +180,7 @@ class BodyModel(nn.Module):
 
     The model's arrays are non-persistent buffers: they follow `.to(device)` but stay out of
     `state_dict()`, so checkpoints hold learned weights only (and never the licensed SMPL data).
+    `fast=False` computes through stock smplx instead of `SkinningLayer` (same outputs, slower).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], num_betas: int = layout.NUM_BETAS,

@@ -302,18 +302,20 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
 
 @pytest.mark.slow
 def test_it_learns_beats_the_mean_params_baseline_on_held_out_subjects(tmp_path_factory):
-    """A ResNet-18 at 64 px trained ~3 minutes on 5 generated subjects, validated on S9, S11."""
+    """A ResNet-18 at 48 px trained 120 steps (~1-4 minutes on 2 cores, by load) on 5 generated
+    subjects, validated on the held-out S9 and S11."""
     from meshrec.train.loop import train
 
     root = tmp_path_factory.mktemp("learn")
     cfg = load_config(DEMO, [
-        f"body.cache_dir={root}", "data.synth.frames_per_subject=40", "data.synth.size=64",
-        "data.image_size=64", "data.backend=torch", "data.num_threads=1", "data.batch_size=32",
+        f"body.cache_dir={root}", "data.synth.frames_per_subject=24", "data.synth.size=64",
+        "data.image_size=48", "data.backend=torch", "data.num_threads=1", "data.batch_size=32",
         "data.train_subjects=[S1,S5,S6,S7,S8]", "data.val_subjects=[S9,S11]",
         "eval.subjects=[S9,S11]", "eval.batch_size=64", "model.hidden=256", "model.dropout=0.1",
-        "optim.lr=0.001", "train.epochs=6", "eval.every_epochs=0", "track.enabled=false",
-        "track.overlays=0", f"train.output_dir={root / 'run'}", "train.log_every=10"])
+        "optim.lr=0.001", "train.epochs=8", "eval.every_epochs=0", "track.enabled=false",
+        "track.overlays=0", f"train.output_dir={root / 'run'}", "train.log_every=20"])
     m = train(cfg)
-    print(f"held-out PVE: model {m['val_pve_mm']:.1f} mm, mean params {m['val_baseline_pve_mm']:.1f} mm;"
-          f" PA-MPJPE {m['val_pa_mpjpe_mm']:.1f} vs {m['val_baseline_pa_mpjpe_mm']:.1f}")
+    print(f"held-out S9+S11 ({m['val_samples']:.0f} crops): PVE model {m['val_pve_mm']:.1f} mm, "
+          f"mean params {m['val_baseline_pve_mm']:.1f} mm; PA-MPJPE model "
+          f"{m['val_pa_mpjpe_mm']:.1f} mm, mean params {m['val_baseline_pa_mpjpe_mm']:.1f} mm")
     assert m["val_pve_mm"] <= 0.7 * m["val_baseline_pve_mm"]

@@ -490,6 +490,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
     metrics: dict[str, float] = {}
     window_t, window_steps = time.perf_counter(), 0
     stopped = False
+    saved_at = run.step
     for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
         for batch in isolated(run.loader):
             terms = train_step(run, batch)
@@ -516,12 +517,15 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
             every = cfg.train.checkpoint_every
             if (every and run.step % every == 0) or stop_after == run.step:
                 save(run)
+                saved_at = run.step
             if stop_after is not None and run.step >= stop_after:
                 stopped = True
                 break
         if stopped:
             break
-        save(run)  # end of epoch
+        if saved_at != run.step:  # end of epoch
+            save(run)
+            saved_at = run.step
         last_epoch = epoch == cfg.train.epochs - 1
         every_epochs = cfg.eval.every_epochs
         if last_epoch or (every_epochs and (epoch + 1) % every_epochs == 0):
@@ -529,6 +533,8 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
             log_validation(run, epoch, metrics, pictures)
     if bar is not None:
         bar.close()
+    if not stopped and not metrics:  # resumed from a finished run: report its numbers again
+        metrics, _ = validate(run, "val")
 
     metrics = {**metrics, "steps": float(run.step), "bad_steps": float(run.bad_total)}
     if env.is_main:

@@ -465,6 +465,7 @@ def _spawned(cfg_dict: dict, stop_after: Optional[int]) -> None:
 
 
 def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]:
+    from meshrec.train import dist
     from meshrec.train.checkpoint import check_resume, load_checkpoint
 
     torch.manual_seed(cfg.train.seed)
@@ -503,6 +504,9 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
                 elapsed = time.perf_counter() - window_t
                 img_s = window_steps * cfg.data.batch_size / max(elapsed, 1e-9)
                 window_t, window_steps = time.perf_counter(), 0
+                if terms and env.world_size > 1:  # logged values: means over ranks
+                    terms = {k: float(dist.all_reduce_mean(torch.tensor(v, device=env.device)))
+                             for k, v in terms.items()}
                 row = {f"train_{k}": v for k, v in (terms or {}).items()}
                 row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
                             "bad_steps": float(run.bad_total)})

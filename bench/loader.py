@@ -15,7 +15,8 @@ Every loader produces batches of 64 ImageNet-normalised 224×224 float32 images 
                 DataLoader(num_workers=--workers)
   ceiling       bare decode of the packed 256 px crops, no other work, on `--workers` cores:
                 the best of PIL and torchvision (libjpeg-turbo) in a process pool, and DALI's
-                decoder alone on `--workers` threads
+                decoder alone on `--workers` threads (also shown: PIL decode of the full frames,
+                the least a SPIN-style loader must do)
 Rates are images per second after a warm-up batch, on warm page cache, the median of
 `--rounds` interleaved rounds. The last line reads
 `vs_spin=… ceiling_frac=… dali_img_s=…` (dali_img_s: dali eval; vs_spin = dali / spin;
@@ -134,22 +135,25 @@ def pool_decode_rate(fn, blobs: list[bytes], workers: int, rounds: int = 3) -> f
     return done / (time.perf_counter() - t0)
 
 
-def dali_decode_rate(shards: list[shardset.Shard], workers: int, seconds: float) -> float:
-    from nvidia.dali import fn, pipeline_def, types
+class DaliDecodeOnly:
+    """Batches of DALI's CPU decoder alone over the shards (no crop, no normalisation)."""
 
-    @pipeline_def
-    def decode_only():
-        jpg = fn.readers.webdataset(paths=[s.tar for s in shards], index_paths=[s.index for s in shards],
-                                    ext=["jpg"], dtypes=[types.UINT8])
-        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+    def __init__(self, shards: list[shardset.Shard], workers: int) -> None:
+        from nvidia.dali import fn, pipeline_def, types
 
-    pipe = decode_only(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
-    pipe.build()
-    pipe.run()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        n += len(pipe.run()[0])
-    return n / (time.perf_counter() - t0)
+        @pipeline_def
+        def decode_only():
+            jpg = fn.readers.webdataset(paths=[s.tar for s in shards],
+                                        index_paths=[s.index for s in shards], ext=["jpg"],
+                                        dtypes=[types.UINT8])
+            return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+
+        self.pipe = decode_only(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
+        self.pipe.build()
+
+    def __iter__(self):
+        while True:
+            yield self.pipe.run()
 
 
 def main() -> None:
@@ -187,16 +191,21 @@ def main() -> None:
         meters[f"{backend} train"] = Meter(build_loader(c, "train"))
     meters["spin"] = Meter(DataLoader(SpinStyle(npz, root), batch_size=BATCH, shuffle=True,
                                       num_workers=w, drop_last=True, persistent_workers=True))
+    meters["dali decode"] = Meter(DaliDecodeOnly(shards, w))
     for _ in range(args.rounds):
         for meter in meters.values():
             meter.round(args.seconds / args.rounds)
     rates = {name: m.rate for name, m in meters.items()}
+    frames = SpinStyle(npz, root)
+    full = pool_decode_rate(_decode_pil, [open(os.path.join(root, n), "rb").read() for n in frames.names],
+                            w, rounds=1)
     pil = pool_decode_rate(_decode_pil, blobs, w)
     tv = pool_decode_rate(_decode_tv, blobs, w)
-    dali_dec = dali_decode_rate(shards, w, args.seconds)
+    dali_dec = rates.pop("dali decode")
     ceiling = max(pil, tv, dali_dec)
     for name, rate in rates.items():
         print(f"{name:12s} {rate:8.1f} img/s")
+    print(f"decode only, full frames (what SPIN-style must do at least): PIL {full:.1f} img/s")
     print(f"decode only, packed crops: PIL {pil:.1f}, torchvision {tv:.1f}, DALI {dali_dec:.1f} img/s "
           f"→ ceiling {ceiling:.1f}")
     dali = rates["dali eval"]

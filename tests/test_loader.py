@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import shutil
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -121,11 +122,21 @@ def test_two_ranks_see_every_evaluation_sample_exactly_once(shards, source, back
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_whose_share_ends_early_yields_an_empty_last_batch(shards, backend):
+    """23 samples, 2 ranks of 11 per batch: shares 11 / 12 → batches [11, 0] and [11, 1], so
+    both ranks take the same number of steps."""
+    cfg = config(shards, backend, "eval.batch_size=22")
+    sizes = [[len(b["key"]) for b in take(build_loader(cfg, "val", rank, 2))] for rank in range(2)]
+    assert sizes == [[11, 0], [11, 1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_training_ranks_step_together_on_disjoint_samples(shards, backend):
-    cfg = config(shards, backend)
+    # 36 + 11 = 47 samples: shares 23 / 24, 4 per rank-batch → 5 batches each, the rest dropped.
+    cfg = config(shards, backend, "data.train_subjects=[S1,S5,S6,S11]")
     loaders = [build_loader(cfg, "train", rank, 2) for rank in range(2)]
-    assert len(loaders[0]) == len(loaders[1]) == 36 // 2 // 4  # 36 samples, 4 per rank-batch
-    assert loaders[0].samples == loaders[1].samples == 16
+    assert len(loaders[0]) == len(loaders[1]) == 5
+    assert loaders[0].samples == loaders[1].samples == 20
     for _ in range(2):
         keys = []
         for loader in loaders:
@@ -146,14 +157,21 @@ def test_same_seed_same_order_and_augmentation_other_seed_differs(shards, backen
     assert len(set(runs["a"][0])) == len(runs["a"][0])
 
 
+@pytest.mark.parametrize("k", [2, 4, 4 + 1])  # mid-epoch, at its end, into the next (4 an epoch)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend):
+def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend, k):
     cfg = config(shards, backend)
     loader = build_loader(cfg, "train", 1, 2)
-    take(loader, 2)
+    done = take(loader)  # a whole epoch
+    if k > len(done):
+        done = take(loader, k - len(done))
+    else:
+        loader = build_loader(cfg, "train", 1, 2)
+        take(loader, k)
     state = loader.state_dict()
     expected = take(loader, 2)
     resumed = take(build_loader(cfg, "train", 1, 2, state=state), 2)
+    assert len(expected) == 2
     for want, got in zip(expected, resumed, strict=True):
         assert want["key"] == got["key"]
         assert torch.equal(want["aug"], got["aug"]) and torch.equal(want["image"], got["image"])
@@ -262,8 +280,9 @@ def test_rotation_with_translation_keeps_the_pelvis_on_the_rotated_point():
     assert torch.allclose(after, want) and torch.equal(out[:, 3:82], vec[:, 3:82])
 
 
-def _corrupt_copy(shards: Path, tmp_path: Path) -> tuple[Path, str, str]:
-    """A copy of the shards with one JPEG's bytes replaced by garbage; (dir, shard, key)."""
+def _corrupt_copy(shards: Path, tmp_path: Path, how: str) -> tuple[Path, str, str]:
+    """A copy of the shards with one JPEG's bytes replaced by garbage after its start marker,
+    or zeroed after its first third (truncated); (dir, shard, key)."""
     out = tmp_path / "shards"
     shutil.copytree(shards, out)
     chosen = shardset.select(out, shardset.load_manifest(out), ("S5",))
@@ -271,13 +290,18 @@ def _corrupt_copy(shards: Path, tmp_path: Path) -> tuple[Path, str, str]:
     tar = chosen[ref.shard].tar
     offset, size = ref.members["jpg"]
     with open(tar, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(b"\xff\xd8\xff\xe0" + bytes(range(256)) * (size // 256) + bytes(size % 256 - 4))
+        if how == "garbage":
+            fh.seek(offset)
+            fh.write((b"\xff\xd8\xff\xe0" + bytes(range(256)) * (size // 256 + 1))[:size])
+        else:
+            fh.seek(offset + size // 3)
+            fh.write(bytes(size - size // 3))
     return out, tar, ref.key
 
 
-def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path):
-    bad, tar, key = _corrupt_copy(shards, tmp_path)
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path, how):
+    bad, tar, key = _corrupt_copy(shards, tmp_path, how)
 
     def run() -> None:
         for _ in build_loader(config(bad, "dali"), "train"):
@@ -290,8 +314,9 @@ def test_corrupt_jpeg_dali_raises_naming_shard_and_key(shards, tmp_path):
     assert tar in str(err.value) and key in str(err.value)
 
 
-def test_corrupt_jpeg_torch_is_skipped_and_counted(shards, tmp_path):
-    bad, tar, key = _corrupt_copy(shards, tmp_path)
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_jpeg_torch_is_skipped_and_counted(shards, tmp_path, how):
+    bad, tar, key = _corrupt_copy(shards, tmp_path, how)
     loader = build_loader(config(bad, "torch", "data.batch_size=36"), "train")
     batch = take(loader)[0]
     assert loader.skipped == 1 and len(batch["skipped"]) == 1 and key in batch["skipped"][0]
@@ -305,6 +330,10 @@ def test_bad_requests_are_one_line_errors(shards):
         build_loader(config(shards, "torch", "data.train_subjects=[S7]"), "train")
     with pytest.raises(MeshrecError, match="split"):
         build_loader(config(shards, "torch"), "holdout")
+    with pytest.raises(MeshrecError, match="data.val_subjects is empty"):
+        build_loader(config(shards, "torch", "data.val_subjects=[]"), "val")
+    with pytest.raises(MeshrecError, match="no full batch"):
+        build_loader(config(shards, "dali", "data.batch_size=64"), "train", 0, 2)
 
 
 @pytest.mark.slow
@@ -323,3 +352,54 @@ def test_flip_of_vectors_with_translation_uses_the_body_pelvis(standin_file, sta
         rest = mirror.pelvis_rest(standin_model, vec[72:82])
         want = mirror.flip_params(vec, rest).float()
         assert torch.allclose(batch["params"][i], want, atol=1e-6)
+
+
+def _ddp_rank(rank: int, world: int, port: int, shards: str, backend: str, out: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        keys = {}
+        for split in ("train", "val"):
+            loader = build_loader(config(Path(shards), backend, "data.train_subjects=[S1,S5,S6,S11]"),
+                                  split, rank, world)
+            steps, mine = 0, []
+            for batch in loader:  # an all-reduce per step, as training does: a missing step hangs
+                n = torch.tensor([len(batch["key"])])
+                dist.all_reduce(n)
+                steps += 1
+                mine += batch["key"]
+            keys[split] = {"steps": steps, "keys": mine}
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+            json.dump(keys, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ddp_processes_step_together_and_cover_the_evaluation_set(shards, tmp_path, backend):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.spawn(_ddp_rank, args=(2, port, str(shards), backend, str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        assert time.monotonic() < deadline, "DDP ranks did not finish (hang?)"
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for split in ("train", "val"):
+        assert ranks[0][split]["steps"] == ranks[1][split]["steps"] > 0
+    val = ranks[0]["val"]["keys"] + ranks[1]["val"]["keys"]
+    assert len(val) == len(set(val)) == 23
+    train = ranks[0]["train"]["keys"] + ranks[1]["train"]["keys"]
+    assert len(train) == len(set(train)) == 40

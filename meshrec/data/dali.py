@@ -20,6 +20,11 @@ is the iterator's `checkpoints()` (reader position, shuffle buffer, random gener
 and the iterator's counters); a loader built with it continues with the same samples in the
 same order and the same augmentation numbers as an uninterrupted run (tested).
 
+Images: one affine warp (meshrec.data.augment.affine_matrix, written here with DALI arithmetic on
+the per-sample random numbers), colour twist, then crop_mirror_normalize (flip, ImageNet
+statistics, CHW). An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop)
+skips the warp and is cut by crop_mirror_normalize: DALI's CPU warp is ~6× slower than that.
+
 The label flip/rotation is done in torch after the iterator (meshrec.data.labels) from the
 augmentation numbers the pipeline outputs, so the pixels and the labels use the same draw.
 
@@ -106,7 +111,7 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
     img = fn.crop_mirror_normalize(
         img, mirror=flip if augmenting else 0, output_layout="CHW", **crop,
         dtype=types.FLOAT16 if gpu else types.FLOAT,
-        mean=[255.0 * m for m in augment.IMAGENET_MEAN], std=[255.0 * s for s in augment.IMAGENET_STD])
+        mean=[255.0 * v for v in augment.IMAGENET_MEAN], std=[255.0 * v for v in augment.IMAGENET_STD])
 
     labels = [fn.decoders.numpy(smpl)] + ([fn.decoders.numpy(rest[0])] if with_joints else [])
     if gpu:
@@ -124,9 +129,13 @@ class DaliLoader:
                  batch_size: int, rank: int, world_size: int, device: torch.device,
                  state: dict | None = None, pelvis: Pelvis | None = None,
                  src_size: int | None = None) -> None:
-        from nvidia.dali import pipeline_def
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+        try:
+            from nvidia.dali import pipeline_def
+            from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator
+        except ImportError as exc:
+            raise MeshrecError(f"data.backend is dali but DALI cannot be imported ({exc}); install "
+                               "nvidia-dali-cuda130 or set data.backend=torch") from None
 
         self.shards = list(shards)
         self.train, self.pelvis = train, pelvis
@@ -157,12 +166,19 @@ class DaliLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         it = iter(self._it)
+        fresh = True
         while True:
             with _named_errors(self.shards):
                 try:
                     out = next(it)[0]
                 except StopIteration:
-                    return
+                    # Restored (or stopped) exactly at an epoch's end: DALI first reports that
+                    # end, then resets; go on with the next epoch, as the torch loader does.
+                    if not fresh:
+                        return
+                    fresh = False
+                    continue
+            fresh = False
             info = out["info"]
             keys = [_key(bytes(row.numpy())) for row in info]
             params = out["params"]

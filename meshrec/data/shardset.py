@@ -35,14 +35,17 @@ class SampleRef:
     members: dict[str, tuple[int, int]]  # ext → (offset, size)
 
 
+SPLIT_KEYS = {"train": "data.train_subjects", "val": "data.val_subjects", "test": "eval.subjects"}
+
+
 def split_subjects(cfg: Config, split: str) -> tuple[str, ...]:
-    if split == "train":
-        return cfg.data.train_subjects
-    if split == "val":
-        return cfg.data.val_subjects
-    if split == "test":
-        return cfg.eval.subjects
-    raise MeshrecError(f"unknown data split {split!r}; expected train, val or test")
+    if split not in SPLIT_KEYS:
+        raise MeshrecError(f"unknown data split {split!r}; expected train, val or test")
+    subjects = {"train": cfg.data.train_subjects, "val": cfg.data.val_subjects,
+                "test": cfg.eval.subjects}[split]
+    if not subjects:
+        raise MeshrecError(f"{SPLIT_KEYS[split]} is empty: there is no {split} data to load")
+    return subjects
 
 
 def shard_dir(cfg: Config) -> Path:

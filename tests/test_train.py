@@ -294,7 +294,12 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
         assert name in run.data.metrics, name
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # steps 2, 4, 6
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.json"} <= names
+    assert {"config.yaml", "metrics.json", "overlays"} <= names
+    (picture,) = client.list_artifacts(run.info.run_id, "overlays")
+    assert picture.path.endswith(".png") and picture.file_size > 0
+    for tag in ("git_sha", "manifest_sha256", "world_size", "device"):
+        assert run.data.tags[tag], tag
+    assert run.data.tags["meshrec.done"] == "true"
     assert run.info.status == "FINISHED"
 
 

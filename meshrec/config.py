@@ -23,8 +23,8 @@ stand-in) and a file are different bodies. Adding a field later changes every ha
 deliberate: the hash describes the resolved config, not the file.
 
 Public API: `Config` (and its section dataclasses), `ConfigError`, `load_config`,
-`load_config_and_extras` (a sweep file's `grid:` beside the config), `with_overrides`, `to_dict`,
-`dump_yaml`, `render` (what `meshrec config` prints), `config_hash`. `configs/base.yaml` is
+`load_config_and_extras` (a sweep file's `grid:` beside the config), `from_dict`,
+`with_overrides`, `to_dict`, `dump_yaml`, `render` (what `meshrec config` prints), `config_hash`. `configs/base.yaml` is
 `meshrec config --commented`: every key with its default, meaning and limits (a test keeps it
 current). Sections are frozen dataclasses; list fields hold tuples, `to_dict` gives lists.
 """
@@ -94,7 +94,8 @@ class Augment:
 @dataclass(frozen=True)
 class Synth:
     frames_per_subject: int = _f(200, "frames per subject of generated data", min=1)
-    size: int = _f(256, "side in pixels of generated images and their packed crops", min=32)
+    size: int = _f(256, "side in pixels of the packed crops (frames are rendered at twice "
+                   "that, at least 256)", min=32)
     seed: int = _f(0, "seed of the data generator", min=0)
 
 
@@ -546,6 +547,11 @@ def _resolve(layers: Sequence[tuple[str, dict]]) -> Config:
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read `path` (with its `defaults` chain) and dotted `overrides`; None = all defaults."""
     return load_config_and_extras(path, overrides)[0]
+
+
+def from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    """A Config from a nested dict such as `to_dict` gives (a checkpoint's), checked as a file is."""
+    return _resolve([(source, _check_layer(data, Config, source))])
 
 
 def with_overrides(cfg: Config, overrides: Sequence[str], source: str = "config") -> Config:

@@ -11,6 +11,7 @@ from meshrec.errors import report_errors
 def build_parser() -> argparse.ArgumentParser:
     from meshrec import config_commands
     from meshrec.body import commands as body_commands
+    from meshrec.train import commands as train_commands
 
     parser = argparse.ArgumentParser(
         prog="meshrec",
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     body_commands.register(sub)
     config_commands.register(sub)
+    train_commands.register(sub)
     return parser
 
 

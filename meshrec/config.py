@@ -23,8 +23,8 @@ stand-in) and a file are different bodies. Adding a field later changes every ha
 deliberate: the hash describes the resolved config, not the file.
 
 Public API: `Config` (and its section dataclasses), `ConfigError`, `load_config`,
-`load_config_and_extras` (a sweep file's `grid:` beside the config), `with_overrides`, `to_dict`,
-`dump_yaml`, `render` (what `meshrec config` prints), `config_hash`. `configs/base.yaml` is
+`load_config_and_extras` (a sweep file's `grid:` beside the config), `from_dict`,
+`with_overrides`, `to_dict`, `dump_yaml`, `render` (what `meshrec config` prints), `config_hash`. `configs/base.yaml` is
 `meshrec config --commented`: every key with its default, meaning and limits (a test keeps it
 current). Sections are frozen dataclasses; list fields hold tuples, `to_dict` gives lists.
 """
@@ -205,6 +205,8 @@ class Track:
     experiment: str = _f("meshrec", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name; '' = the config hash")
     overlays: int = _f(4, "prediction overlay PNGs logged per epoch", min=0)
+    flush_timeout_s: float = _f(120.0, "seconds the end of a run waits for queued MLflow calls "
+                                "(a server that is down never stops training)", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -544,6 +546,11 @@ def _resolve(layers: Sequence[tuple[str, dict]]) -> Config:
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read `path` (with its `defaults` chain) and dotted `overrides`; None = all defaults."""
     return load_config_and_extras(path, overrides)[0]
+
+
+def from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    """A Config from a nested dict such as `to_dict` gives (a checkpoint's), checked as a file is."""
+    return _resolve([(source, _check_layer(data, Config, source))])
 
 
 def with_overrides(cfg: Config, overrides: Sequence[str], source: str = "config") -> Config:

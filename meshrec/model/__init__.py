@@ -1,0 +1,60 @@
+"""The mesh regressor: image → encoder features → head → SMPL parameters per refinement step.
+
+`build_model(cfg, mean_params)` is the one way to make it. P (the parameter vector's length) is
+82, or 85 when `model.predict_translation` is set (the data must then carry translation,
+i.e. `mean_params` has 85 entries); a longer mean than needed is cut to the first 82.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from torch import Tensor, nn
+
+from meshrec.body import params as layout
+from meshrec.config import Config
+from meshrec.errors import MeshrecError
+from meshrec.model.encoder import Encoder, build_encoder, prefetch_weights
+from meshrec.model.heads import build_head
+
+__all__ = ["MeshRegressor", "Prediction", "build_model", "prefetch_weights"]
+
+
+class Prediction(NamedTuple):
+    params: list[Tensor]            # [B, P] axis-angle layout, one per regressor iteration
+    rotmat: list[Tensor] | None     # [B, 24, 3, 3] per iteration when model.pose_repr == "6d"
+
+
+class MeshRegressor(nn.Module):
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, image: Tensor) -> Prediction:
+        return self.forward_features(self.encoder(image))
+
+    def forward_features(self, features: Tensor) -> Prediction:
+        """The head alone, for training from cached frozen-encoder features."""
+        out = self.head(features)
+        return Prediction(out.params, out.rotmat)
+
+
+def _mean_for(cfg: Config, mean_params: np.ndarray) -> np.ndarray:
+    mean = np.asarray(mean_params, dtype=np.float64).reshape(-1)
+    with_transl = layout.has_transl(mean)
+    if cfg.model.predict_translation and not with_transl:
+        raise MeshrecError("model.predict_translation is true but the data carries no "
+                           "translation (mean parameters have 82 entries, not 85)")
+    if not np.isfinite(mean).all():
+        raise MeshrecError("mean parameters contain NaN or Inf")
+    return mean if cfg.model.predict_translation else mean[: layout.SIZE]
+
+
+def build_model(cfg: Config, mean_params: np.ndarray) -> MeshRegressor:
+    m = cfg.model
+    encoder = build_encoder(m.encoder, m.weights, m.freeze_encoder)
+    head = build_head(m.head, encoder.dim, _mean_for(cfg, mean_params), hidden=m.hidden,
+                      dropout=m.dropout, iterations=m.iterations, pose_repr=m.pose_repr)
+    return MeshRegressor(encoder, head)

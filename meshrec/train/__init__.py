@@ -1,0 +1,1 @@
+"""Training: distributed setup, checkpoints, loop."""

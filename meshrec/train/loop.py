@@ -1,0 +1,523 @@
+"""The training loop, top to bottom: one function per stage, `train(cfg)` at the end runs them.
+
+    dist setup → data (generated on first use when data.shards is '') → config hash, manifest
+    → body model → mean parameters → model (DDP when world > 1) → optimizer, LR schedule, AMP
+    → resume from OUT/checkpoints/last.pt → epochs of steps → checkpoints → validation → MLflow
+
+Conventions that the tests rely on:
+- `data.batch_size` is the global batch of one optimizer step; each rank's loader yields its
+  share, split into `optim.accumulate` micro-batches. The loss is a mean over the micro-batch,
+  scaled by 1/accumulate, and DDP averages gradients over ranks, so W ranks × B/W equals one
+  rank × B.
+- A step whose loss is NaN/Inf on any rank is skipped on every rank (no optimizer or scheduler
+  step, gradients dropped) and counted; `train.max_bad_steps` of them in a row abort the run.
+- A checkpoint holds everything the next step depends on (weights, optimizer, scaler,
+  scheduler, RNG states, loader position, step, bad-step run, MLflow run id), so on CPU a run
+  stopped after any step and resumed ends with bit-identical weights.
+- Rank 0 alone prints, writes files and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from meshrec.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from meshrec.errors import MeshrecError
+
+log = logging.getLogger("meshrec.train")
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+METRICS = "metrics.json"
+
+
+# ------------------------------------------------------------------ precision
+
+def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype of `train.amp` on `device`, or None for full float32."""
+    if setting == "off":
+        return None
+    if device.type == "cuda":
+        if setting == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if setting == "bf16" and not torch.cuda.is_bf16_supported():
+            raise MeshrecError("train.amp=bf16 but this GPU has no bfloat16; use fp16 or auto")
+        return torch.bfloat16 if setting == "bf16" else torch.float16
+    if setting == "fp16":
+        raise MeshrecError("train.amp=fp16 needs a CUDA device; on CPU use bf16 or off")
+    return torch.bfloat16 if setting == "bf16" else None  # auto on CPU: full precision
+
+
+# ------------------------------------------------------------------ learning-rate schedule
+
+def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
+    """Multiplier of optim.lr at optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return o.gamma ** sum(1 for e in o.step_epochs if epoch >= e)
+    if o.schedule == "cosine":
+        total = max(1, cfg.train.epochs * steps_per_epoch - o.warmup_steps)
+        t = min(1.0, (step - o.warmup_steps) / total)
+        floor = o.min_lr / o.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
+# ------------------------------------------------------------------ the run's state
+
+@dataclass
+class Run:
+    cfg: Config
+    env: Any                       # meshrec.train.dist.DistEnv
+    out: Path
+    chash: str
+    manifest_sha256: str
+    body: nn.Module
+    joints: Any                    # meshrec.train.evaluate.Joints
+    mean_params: np.ndarray
+    core: nn.Module                # the MeshRegressor
+    model: nn.Module               # core, or DDP(core)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: Optional[torch.dtype]
+    loader: Any
+    steps_per_epoch: int
+    step: int = 0                  # optimizer steps taken (skipped ones included)
+    bad_in_row: int = 0
+    bad_total: int = 0
+    run_id: Optional[str] = None
+    tracker: Any = None
+    val_loaders: dict = field(default_factory=dict)
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def resolve_mean_params(cfg: Config, manifest: dict) -> np.ndarray:
+    """Ψ_0 of the regressor: SPIN's mean file, or the mean over the training subjects' shards;
+    82 values, or 85 when translation is predicted."""
+    from meshrec.body import params as layout
+    from meshrec.shards.manifest import mean_params
+
+    if cfg.model.mean_params:
+        mean = np.asarray(layout.load_spin_mean_params(cfg.model.mean_params), dtype=np.float64)
+    else:
+        mean = mean_params(manifest, cfg.data.train_subjects)
+    if cfg.model.predict_translation:
+        if mean.size < layout.SIZE_WITH_TRANSL:
+            raise MeshrecError("model.predict_translation needs shards (or a mean file) with "
+                               "translation; these have none")
+        return mean[: layout.SIZE_WITH_TRANSL]
+    return mean[: layout.SIZE]
+
+
+def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run:
+    """Everything up to the first step: data, body, model, optimizer, schedule, AMP, loader."""
+    from meshrec.body.load import load_body_model
+    from meshrec.data import build_loader
+    from meshrec.data.demo import with_shards
+    from meshrec.model import build_model
+    from meshrec.shards import manifest as shard_manifest
+    from meshrec.train.evaluate import load_joints
+
+    cfg = with_shards(cfg, progress=env.is_main and sys.stderr.isatty())
+    manifest = shard_manifest.load(cfg.data.shards)
+    device = env.device
+
+    body = load_body_model(cfg.body).to(device)
+    joints = load_joints(cfg.body.h36m_regressor, body.num_vertices)
+    mean = resolve_mean_params(cfg, manifest)
+
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    core = build_model(cfg, mean).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        core = core.to(memory_format=torch.channels_last)
+    model: nn.Module = core
+    if env.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda" and cfg.train.compile:
+        model = torch.compile(model)
+
+    params = [p for p in core.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.name == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr,
+                                                            weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                    weight_decay=o.weight_decay)
+    amp = amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+
+    loader_state = resume_state.get("loader") if resume_state else None
+    loader = build_loader(cfg, "train", env.rank, env.world_size, device, state=loader_state)
+    spe = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, spe))
+    return Run(cfg, env, Path(cfg.train.output_dir), config_hash(cfg),
+               str(manifest.get("manifest_sha256", "")), body, joints, mean, core, model,
+               optimizer, scheduler, scaler, amp, loader, spe)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def checkpoint_state(run: Run) -> dict:
+    from meshrec.train.checkpoint import capture_rng
+
+    return {"model": run.core.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
+            "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
+            "config": to_dict(run.cfg), "config_hash": run.chash,
+            "manifest_sha256": run.manifest_sha256, "mean_params": run.mean_params.tolist(),
+            "mlflow_run_id": run.run_id or ""}
+
+
+def save(run: Run) -> None:
+    """Rank 0 writes OUT/checkpoints/step-N.pt and last.pt; every rank waits for it."""
+    from meshrec.train import dist
+    from meshrec.train.checkpoint import save_checkpoint
+
+    if run.env.is_main:
+        save_checkpoint(run.out / CHECKPOINTS, checkpoint_state(run), run.step,
+                        run.cfg.train.keep_last)
+    dist.barrier()
+
+
+def find_resume(cfg: Config) -> Optional[Path]:
+    from meshrec.train.checkpoint import find_last
+
+    setting = cfg.train.resume
+    if setting == "never":
+        return None
+    if setting == "auto":
+        return find_last(Path(cfg.train.output_dir) / CHECKPOINTS)
+    path = Path(setting).expanduser()
+    if not path.is_file():
+        raise MeshrecError(f"train.resume: no such checkpoint {path}")
+    return path
+
+
+def restore(run: Run, state: dict) -> None:
+    from meshrec.train.checkpoint import restore_rng
+
+    run.core.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.step, run.bad_in_row, run.bad_total = (int(state["step"]), int(state["bad_in_row"]),
+                                               int(state["bad_total"]))
+    run.run_id = state.get("mlflow_run_id") or None
+    restore_rng(state["rng"])
+
+
+def init_from(run: Run, path: str) -> None:
+    """Fine-tune: start from another run's weights (its config may differ)."""
+    from meshrec.train.checkpoint import check_resume, load_checkpoint
+
+    state = load_checkpoint(Path(path).expanduser())
+    check_resume(state, run.cfg, fine_tune=True)
+    run.core.load_state_dict(state["model"])
+
+
+# ------------------------------------------------------------------ one optimizer step
+
+def _finite_everywhere(value: torch.Tensor) -> bool:
+    ok = torch.isfinite(value.detach()).all().float().reshape(1).cpu()
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        ok = ok.to(value.device)
+        torch_dist.all_reduce(ok, op=torch_dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
+    """Forward, backward and update on one rank batch; loss terms, or None for a skipped step."""
+    from meshrec.loss import compute_loss
+
+    cfg = run.cfg
+    parts = cfg.optim.accumulate
+    n = batch["image"].shape[0]
+    if n % parts:
+        raise MeshrecError(f"rank batch {n} does not split into optim.accumulate={parts} parts")
+    size = n // parts
+    image = batch["image"]
+    if run.env.device.type == "cuda" and cfg.train.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    run.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=run.env.device)
+    terms: dict[str, float] = {}
+    for k in range(parts):
+        micro = {key: (v[k * size:(k + 1) * size] if torch.is_tensor(v) or isinstance(v, list)
+                       else v) for key, v in batch.items()}
+        micro["image"] = image[k * size:(k + 1) * size]
+        last = k == parts - 1
+        sync = run.model.no_sync() if (not last and hasattr(run.model, "no_sync")) else _null()
+        with sync:
+            with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
+                                enabled=run.amp is not None):
+                pred = run.model(micro["image"])
+            loss, micro_terms = compute_loss(pred, micro, run.body, cfg)
+            run.scaler.scale(loss.float() / parts).backward()
+        total = total + loss.detach().float() / parts
+        for name, value in micro_terms.items():
+            terms[name] = terms.get(name, 0.0) + float(value) / parts
+
+    run.step += 1
+    if not _finite_everywhere(total):
+        run.optimizer.zero_grad(set_to_none=True)
+        run.bad_in_row += 1
+        run.bad_total += 1
+        if run.bad_in_row >= cfg.train.max_bad_steps:
+            raise MeshrecError(f"loss was NaN/Inf in {run.bad_in_row} steps in a row (up to step "
+                               f"{run.step}); stopping. Lower optim.lr, set optim.grad_clip, or "
+                               f"try train.amp=off")
+        log.warning("step %d: non-finite loss, step skipped (%d in a row)", run.step,
+                    run.bad_in_row)
+        run.scheduler.step()  # the schedule follows steps taken, skipped or not
+        return None
+    run.bad_in_row = 0
+    if cfg.optim.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.core.parameters(), cfg.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return {"loss": float(total), **terms}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+# ------------------------------------------------------------------ validation
+
+def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str, float], list]:
+    """Metrics of the model and the mean-parameters baseline on `split` (all ranks take part);
+    rank 0 also gets up to `overlays` pictures (name, array)."""
+    from meshrec.data import build_loader
+    from meshrec.train import evaluate
+
+    cfg = run.cfg
+    subjects = cfg.data.val_subjects if split == "val" else cfg.eval.subjects
+    if not subjects:
+        return {}, []
+    if split not in run.val_loaders:  # kept: a loader starts worker processes
+        run.val_loaders[split] = build_loader(cfg, split, run.env.rank, run.env.world_size,
+                                              run.env.device)
+    loader = run.val_loaders[split]
+    rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
+                                            run.mean_params, run.amp, run.env.device))
+    pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
+    run.core.train()
+    return evaluate.summary(rec, f"{split}_"), pictures
+
+
+@torch.no_grad()
+def overlay_pictures(run: Run, loader: Any, count: int) -> list[tuple[str, np.ndarray]]:
+    from meshrec.train import evaluate, visual
+
+    run.core.eval()
+    batch = next(iter(loader))
+    n = min(count, len(batch["key"]))
+    with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
+                        enabled=run.amp is not None):
+        pred = evaluate.last_params(run.core(batch["image"][:n]))
+    true = run.body(batch["params"][:n, :82].float())
+    out = run.body(pred)
+    faces = run.body.faces
+    pics = []
+    for i in range(n):
+        tv, pv = true.vertices[i].cpu().numpy(), out.vertices[i].cpu().numpy()
+        pics.append((batch["key"][i], visual.panel(batch["image"][i], tv, pv, faces,
+                                                   true.joints[i, 0].cpu().numpy(),
+                                                   out.joints[i, 0].cpu().numpy())))
+    return pics
+
+
+# ------------------------------------------------------------------ logging
+
+def progress_bar(run: Run, start: int, total: int):
+    """tqdm on rank 0 in an interactive terminal outside SLURM; None elsewhere (log lines)."""
+    if not run.env.is_main or "SLURM_JOB_ID" in os.environ or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
+
+
+def say(run: Run, text: str) -> None:
+    if run.env.is_main:
+        print(text, flush=True)
+
+
+def start_tracking(run: Run) -> None:
+    from meshrec.track import Tracker
+
+    run.tracker = Tracker(run.cfg, enabled=run.env.is_main and run.cfg.track.enabled)
+    tags = {"git_sha": git_sha(), "config_hash": run.chash, "manifest_sha256": run.manifest_sha256,
+            "body_model": getattr(run.body, "kind", "smpl"), "world_size": str(run.env.world_size),
+            "device": str(run.env.device.type), "joints": run.joints.label}
+    run.run_id = run.tracker.start(run.cfg.track.run_name or run.chash,
+                                   flatten(to_dict(run.cfg)), tags, run_id=run.run_id)
+    if run.env.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        path = run.out / "config.yaml"
+        path.write_text(f"# config_hash: {run.chash}\n" + dump_yaml(run.cfg))
+        run.tracker.log_artifact(path)
+
+
+def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: list) -> None:
+    if not run.env.is_main:
+        return
+    run.tracker.log_metrics({**metrics, "epoch": float(epoch)}, run.step)
+    for key, picture in pictures:
+        run.tracker.log_image(picture, f"overlays/epoch{epoch:03d}_{key}.png")
+    m = metrics
+    say(run, f"epoch {epoch} step {run.step}: val pve_mm={m.get('val_pve_mm', float('nan')):.1f} "
+             f"(mean params {m.get('val_baseline_pve_mm', float('nan')):.1f}) "
+             f"mpjpe_mm={m.get('val_mpjpe_mm', float('nan')):.1f} "
+             f"pa_mpjpe_mm={m.get('val_pa_mpjpe_mm', float('nan')):.1f} "
+             f"mse={m.get('val_mse', float('nan')):.6f}")
+
+
+# ------------------------------------------------------------------ the whole run
+
+def train(cfg: Config, *, stop_after: Optional[int] = None) -> dict[str, float]:
+    """Train `cfg` into `train.output_dir`; returns the final metrics (rank 0; {} elsewhere).
+
+    `train.processes > 1` outside any launcher runs that many local gloo/nccl processes.
+    `stop_after`: return after that many optimizer steps in total, with a checkpoint written
+    (what a preempted job leaves behind; the tests use it).
+    """
+    from meshrec.train import dist
+
+    if cfg.train.processes > 1 and dist.detect_launch().source == "single":
+        result = Path(cfg.train.output_dir) / METRICS
+        result.unlink(missing_ok=True)
+        dist.spawn_local(_spawned, cfg.train.processes, to_dict(cfg), stop_after)
+        return json.loads(result.read_text()) if result.is_file() else {}
+    env = dist.init_distributed(cfg)
+    try:
+        return _train(cfg, env, stop_after)
+    finally:
+        dist.cleanup()
+
+
+def _spawned(cfg_dict: dict, stop_after: Optional[int]) -> None:
+    """Entry of a process started by `train.processes=N` (module level: spawn pickles it)."""
+    train(from_dict(cfg_dict, "train.processes"), stop_after=stop_after)
+
+
+def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]:
+    from meshrec.train.checkpoint import check_resume, load_checkpoint
+
+    torch.manual_seed(cfg.train.seed)
+    resume_path = find_resume(cfg)
+    state = load_checkpoint(resume_path) if resume_path else None
+    if state is not None:
+        check_resume(state, cfg, fine_tune=False)
+    run = build_run(cfg, env, state)
+    if state is not None:
+        restore(run, state)
+        say(run, f"resumed from {resume_path} at step {run.step}")
+    elif cfg.train.init_from:
+        init_from(run, cfg.train.init_from)
+    start_tracking(run)
+    say(run, f"config {run.chash}: {cfg.model.encoder} on {env.world_size} × {env.device}, "
+             f"{run.steps_per_epoch} steps/epoch × {cfg.train.epochs} epochs, "
+             f"global batch {cfg.data.batch_size}, amp {run.amp or 'off'}, "
+             f"body {getattr(run.body, 'kind', 'smpl')}, joints {run.joints.label}")
+
+    total_steps = cfg.train.epochs * run.steps_per_epoch
+    bar = progress_bar(run, run.step, total_steps)
+    run.core.train()
+    metrics: dict[str, float] = {}
+    window_t, window_steps = time.perf_counter(), 0
+    stopped = False
+    for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
+        for batch in run.loader:
+            terms = train_step(run, batch)
+            window_steps += 1
+            if bar is not None:
+                bar.update(1)
+                if terms:
+                    bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+            if run.step % cfg.train.log_every == 0:
+                elapsed = time.perf_counter() - window_t
+                img_s = window_steps * cfg.data.batch_size / max(elapsed, 1e-9)
+                window_t, window_steps = time.perf_counter(), 0
+                row = {f"train_{k}": v for k, v in (terms or {}).items()}
+                row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
+                            "bad_steps": float(run.bad_total)})
+                if env.device.type == "cuda":
+                    row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+                if env.is_main:
+                    run.tracker.log_metrics(row, run.step)
+                    if bar is None:
+                        say(run, f"epoch {epoch} step {run.step}/{total_steps} "
+                                 f"loss={row.get('train_loss', float('nan')):.5g} "
+                                 f"lr={row['lr']:.3g} {img_s:.1f} img/s")
+            every = cfg.train.checkpoint_every
+            if (every and run.step % every == 0) or stop_after == run.step:
+                save(run)
+            if stop_after is not None and run.step >= stop_after:
+                stopped = True
+                break
+        if stopped:
+            break
+        save(run)  # end of epoch
+        last_epoch = epoch == cfg.train.epochs - 1
+        every_epochs = cfg.eval.every_epochs
+        if last_epoch or (every_epochs and (epoch + 1) % every_epochs == 0):
+            metrics, pictures = validate(run, "val", cfg.track.overlays)
+            log_validation(run, epoch, metrics, pictures)
+    if bar is not None:
+        bar.close()
+
+    metrics = {**metrics, "steps": float(run.step), "bad_steps": float(run.bad_total)}
+    if env.is_main:
+        path = run.out / METRICS
+        path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        if not stopped:
+            run.tracker.log_artifact(path)
+            run.tracker.set_tags({"done": "true"})
+        run.tracker.finish("FINISHED" if not stopped else "KILLED")
+    return metrics if env.is_main else {}

@@ -1,0 +1,156 @@
+"""Distributed setup: launcher environments, and a real 2-process gloo group."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from meshrec.config import Config
+from meshrec.train import dist as mdist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Launcher variables that must not leak from the test's own environment into a probe.
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT", "CUDA_VISIBLE_DEVICES")
+
+
+def _probe(env: dict[str, str]) -> dict:
+    """detect_launch + init_distributed's device in a fresh interpreter with exactly these vars."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SUBMITIT_")) and k not in _LAUNCH_VARS}
+    code = ("import json, os; from meshrec.train.dist import detect_launch; l = detect_launch(); "
+            "print(json.dumps({**l.__dict__, 'exported': {k: os.environ.get(k) for k in "
+            "('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}}))")
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_single_process_without_launcher():
+    got = _probe({})
+    assert (got["rank"], got["world_size"], got["local_rank"], got["source"]) == (0, 1, 0, "single")
+
+
+def test_torchrun_variables():
+    got = _probe({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                  "MASTER_PORT": "29411"})
+    assert got["source"] == "torchrun"
+    assert (got["rank"], got["world_size"], got["local_rank"]) == (5, 8, 1)
+    assert (got["master_addr"], got["master_port"]) == ("node7", 29411)
+
+
+def test_torchrun_wins_over_slurm():
+    # torchrun inside an sbatch allocation: the srun-level SLURM ids are not the ranks.
+    got = _probe({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "a",
+                  "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1",
+                  "SLURM_JOB_NODELIST": "a"})
+    assert (got["source"], got["rank"], got["world_size"]) == ("torchrun", 3, 4)
+
+
+def test_srun_step_variables():
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_NTASKS": "4",
+           "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gpu[07-08,11]", "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    got = _probe(env)
+    assert got["source"] == "slurm"
+    assert (got["rank"], got["world_size"], got["local_rank"]) == (3, 4, 1)
+    assert got["master_addr"] == "gpu07"
+    # Every task of the job derives the same port from the job id; another job gets another.
+    assert got["master_port"] == _probe({**env, "SLURM_PROCID": "0"})["master_port"]
+    assert got["master_port"] != _probe({**env, "SLURM_JOB_ID": "4243"})["master_port"]
+    assert 1024 < got["master_port"] < 65536
+
+
+def test_sbatch_script_outside_srun_is_one_process():
+    # The batch script itself sees the allocation's task count but is a single process.
+    got = _probe({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4",
+                  "SLURM_JOB_NODELIST": "n1"})
+    assert (got["source"], got["world_size"]) == ("single", 1)
+
+
+def test_submitit_job_exports_torchrun_variables():
+    # What submitit's local executor sets in each task of a 2-task job.
+    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "99", "SUBMITIT_LOCAL_NTASKS": "2",
+           "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+           "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}
+    got = _probe(env)
+    assert got["source"] == "submitit"
+    assert (got["rank"], got["world_size"], got["local_rank"]) == (1, 2, 1)
+    assert got["exported"]["RANK"] == "1" and got["exported"]["WORLD_SIZE"] == "2"
+    assert got["exported"]["MASTER_PORT"] == str(got["master_port"])
+
+
+def test_submitit_slurm_job():
+    # A submitit SLURM task: ranks from SLURM_PROCID/SLURM_NTASKS, master = first job node.
+    got = _probe({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_NTASKS": "4",
+                  "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "2",
+                  "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "node[5-6]"})
+    assert got["source"] == "submitit"
+    assert (got["rank"], got["world_size"], got["local_rank"]) == (2, 4, 0)
+    assert got["master_addr"] == "node5"
+    assert got["exported"]["MASTER_ADDR"] == "node5"
+
+
+def test_first_host_of_node_lists():
+    assert mdist.first_host("cn[003-010],gpu1") == "cn003"
+    assert mdist.first_host("solo") == "solo"
+
+
+def _reduce_worker(out_dir: str) -> None:
+    denv = mdist.init_distributed(Config())
+    try:
+        value = torch.tensor([float(denv.rank + 1), 10.0 * denv.rank])
+        total = value.clone()
+        torch.distributed.all_reduce(total)
+        ranks = [None] * denv.world_size
+        torch.distributed.all_gather_object(ranks, denv.rank)
+        mean = mdist.all_reduce_mean(value)
+        mdist.barrier()
+        Path(out_dir, f"rank{denv.rank}.json").write_text(json.dumps({
+            "rank": denv.rank, "world": denv.world_size, "device": str(denv.device),
+            "backend": torch.distributed.get_backend(), "main": denv.is_main,
+            "sum": total.tolist(), "mean": mean.tolist(), "ranks": ranks, "value": value.tolist()}))
+    finally:
+        mdist.cleanup()
+
+
+def test_two_gloo_processes_all_reduce(tmp_path):
+    mdist.spawn_local(_reduce_worker, 2, str(tmp_path))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
+    for r in results:
+        assert r["world"] == 2 and r["backend"] == "gloo" and r["device"] == "cpu"
+        assert r["main"] == (r["rank"] == 0)
+        assert sorted(r["ranks"]) == [0, 1]
+        # rank0 contributes [1, 0], rank1 [2, 10]
+        assert r["sum"] == [3.0, 10.0]
+        assert r["mean"] == [1.5, 5.0]
+    assert results[0]["value"] != results[1]["value"]
+
+
+def _failing_worker() -> None:
+    if os.environ["RANK"] == "1":
+        raise ValueError("rank 1 broke")
+
+
+def test_a_failing_child_is_reported():
+    with pytest.raises(Exception, match="rank 1 broke"):
+        mdist.spawn_local(_failing_worker, 2)
+
+
+def test_single_process_init_has_no_group():
+    for name in _LAUNCH_VARS:
+        assert name not in os.environ, f"{name} is set in the test environment"
+    denv = mdist.init_distributed(Config())
+    assert (denv.rank, denv.world_size, denv.distributed, denv.is_main) == (0, 1, False, True)
+    assert not torch.distributed.is_initialized()
+    mdist.barrier()  # no group: returns at once
+    assert mdist.all_reduce_mean(torch.tensor([2.0])).item() == 2.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -193,3 +192,15 @@ def test_resume_refuses_another_config_hash():
     check_resume(state, other, fine_tune=True)
     with pytest.raises(MeshrecError, match="no config hash"):
         check_resume({}, cfg, fine_tune=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_restore_reproduces_draws(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    state = capture_rng()
+    first = torch.rand(4, device="cuda").tolist()
+    save_checkpoint(tmp_path, {"rng": state}, step=1, keep_last=1)
+    torch.rand(4, device="cuda")
+    restore_rng(load_checkpoint(tmp_path / LAST)["rng"])
+    assert torch.rand(4, device="cuda").tolist() == first

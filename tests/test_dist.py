@@ -154,3 +154,104 @@ def test_single_process_init_has_no_group():
     assert not torch.distributed.is_initialized()
     mdist.barrier()  # no group: returns at once
     assert mdist.all_reduce_mean(torch.tensor([2.0])).item() == 2.0
+
+
+# ---- under a real SLURM -------------------------------------------------------------------------
+
+_SRUN_WORKER = """
+import json, sys, torch
+from meshrec.config import Config
+from meshrec.train import dist as mdist
+denv = mdist.init_distributed(Config())
+total = torch.tensor([float(denv.rank + 1)])
+torch.distributed.all_reduce(total)
+open(f"{sys.argv[1]}/rank{denv.rank}.json", "w").write(json.dumps(
+    {"rank": denv.rank, "world": denv.world_size, "source": denv.source, "sum": total.item()}))
+mdist.cleanup()
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_srun_two_tasks_all_reduce(slurm_cluster, tmp_path):
+    (tmp_path / "worker.py").write_text(_SRUN_WORKER)
+    script = tmp_path / "job.sh"
+    # The batch script itself (not an srun step) must see one process; the 2 srun tasks a group.
+    script.write_text(f"""#!/bin/bash
+cd {ROOT}
+export PYTHONPATH={ROOT}
+{sys.executable} -c "from meshrec.train.dist import detect_launch; import json; \
+print(json.dumps(detect_launch().__dict__))" > {tmp_path}/batch.json
+srun {sys.executable} {tmp_path}/worker.py {tmp_path}
+""")
+    done = subprocess.run(["sbatch", "--wait", "-n", "2", "-p", slurm_cluster.partition,
+                           "-t", "3", "-o", str(tmp_path / "out.txt"), str(script)],
+                          capture_output=True, text=True, timeout=180)
+    log = (tmp_path / "out.txt").read_text() if (tmp_path / "out.txt").exists() else ""
+    assert done.returncode == 0, done.stderr + log
+    batch = json.loads((tmp_path / "batch.json").read_text())
+    assert (batch["source"], batch["world_size"]) == ("single", 1)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world"], r["source"]) for r in results] == [(0, 2, "slurm"),
+                                                                      (1, 2, "slurm")]
+    assert [r["sum"] for r in results] == [3.0, 3.0]
+
+
+def _submitit_task() -> dict:
+    import torch
+
+    from meshrec.config import Config
+    from meshrec.train import dist as mdist
+
+    denv = mdist.init_distributed(Config())
+    total = torch.tensor([float(denv.rank + 1)])
+    torch.distributed.all_reduce(total)
+    mdist.cleanup()
+    return {"rank": denv.rank, "world": denv.world_size, "source": denv.source,
+            "sum": total.item()}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submitit_two_tasks_all_reduce(slurm_cluster, tmp_path, monkeypatch):
+    import cloudpickle
+    import submitit
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
+    executor.update_parameters(slurm_partition=slurm_cluster.partition, timeout_min=3,
+                               cpus_per_task=1, tasks_per_node=2)
+    job = executor.submit(_submitit_task)
+    results = sorted(job.results(), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"], r["source"]) for r in results] == [(0, 2, "submitit"),
+                                                                      (1, 2, "submitit")]
+    assert [r["sum"] for r in results] == [3.0, 3.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_device_is_the_local_gpu():
+    assert mdist.pick_device("auto", 0) == torch.device("cuda", 0)
+    assert mdist.pick_device("cpu", 0) == torch.device("cpu")
+
+
+def _nccl_worker(out_dir: str) -> None:
+    denv = mdist.init_distributed(Config())
+    try:
+        total = torch.tensor([float(denv.rank + 1)], device=denv.device)
+        torch.distributed.all_reduce(total)
+        Path(out_dir, f"rank{denv.rank}.json").write_text(json.dumps(
+            {"backend": torch.distributed.get_backend(), "device": str(denv.device),
+             "sum": total.item()}))
+    finally:
+        mdist.cleanup()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_nccl_processes_all_reduce(tmp_path):
+    mdist.spawn_local(_nccl_worker, 2, str(tmp_path))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["device"] for r in results] == ["cuda:0", "cuda:1"]
+    assert all(r["backend"] == "nccl" and r["sum"] == 3.0 for r in results)

@@ -5,6 +5,7 @@ random init on 32 px crops of a few generated frames, one epoch, two CPU tasks o
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,9 +70,14 @@ def in_queue(name: str) -> list[str]:
     return out.split()
 
 
-def wait_for(predicate, what: str, seconds: float = DEADLINE_S, name: str = "") -> None:
+def wait_for(predicate, what: str, seconds: float = DEADLINE_S, name: str = "",
+             alive: bool = False) -> None:
+    """Poll `predicate`; on timeout (or, with `alive`, when job `name` left the queue first)
+    cancel the jobs named `name` and fail."""
     deadline = time.monotonic() + seconds
     while not predicate():
+        if alive and not in_queue(name) and not predicate():
+            pytest.fail(f"{what}: the job ended first ({jobs_named(name)})")
         if time.monotonic() > deadline:
             if name:
                 subprocess.run(["scancel", "-n", name], check=False)
@@ -223,36 +229,52 @@ def test_two_cell_sweep_runs_ddp_cells_tracks_them_and_is_not_resubmitted(
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_preempted_cell_requeues_resumes_and_finishes_in_the_same_run(
+def test_preempted_cell_requeues_resumes_and_ends_as_an_uninterrupted_run(
         slurm_cluster, mlflow_server, tmp_path, cache):
     name = f"requeue-{uuid.uuid4().hex[:8]}"
     grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.5]})
-    # 24 frames, global batch 2: 12 steps an epoch, a checkpoint after every step.
-    args = settings(tmp_path, cache, name, mlflow_server,
-                    f"launch.slurm.partition={slurm_cluster.partition}", "data.batch_size=2",
-                    "train.epochs=2", "train.checkpoint_every=1")
+    # Global batch 4 (2 a rank), two epochs, a checkpoint every second step.
+    common = [f"launch.slurm.partition={slurm_cluster.partition}", "data.batch_size=4",
+              "train.epochs=2", "train.checkpoint_every=2"]
+    args = settings(tmp_path, cache, name, mlflow_server, *common)
     first = cli(grid, args, tmp_path)
     assert first.returncode == 0, first.stderr
     (cell,) = load_sweep(grid, args).cells
     ckpts = tmp_path / "runs" / "cells" / cell.name / "checkpoints"
     wait_for(lambda: len(list(ckpts.glob("step_*.pt"))) >= 2, "a few steps checkpointed",
-             name=name)
+             name=name, alive=True)
     (job_id,) = [j for j, _ in jobs_named(name)]
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-    wait_for(lambda: not unfinished(name), "the requeued job ended", name=name)
+
+    # The same cell, never interrupted, in another experiment and directory.
+    other = tmp_path / "straight"
+    other.mkdir()
+    name2 = f"straight-{uuid.uuid4().hex[:8]}"
+    straight = cli(grid, settings(other, cache, name2, mlflow_server, *common), other)
+    assert straight.returncode == 0, straight.stderr
+    wait_for(lambda: not unfinished(name) and not unfinished(name2), "both jobs ended",
+             name=name)
 
     assert dict(jobs_named(name)) == {job_id: "COMPLETED"}
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*_0_log.*"))
     assert "Requeued job" in logs
-    assert "resumed from" in logs and "at step" in logs
+    resumed = re.search(r"resumed from \S+ at step (\d+)", logs)
+    assert resumed and int(resumed.group(1)) >= 2
+    steps = re.search(r"(\d+) steps/epoch × 2 epochs", logs)
     client = MlflowClient(mlflow_server)
     parents, cells = children(client, name)
     assert len(parents) == 1 and len(cells) == 1  # the requeued job continued the cell's run
     run = cells[0]
     assert run.data.tags["meshrec.done"] == "true"
-    state = torch.load(ckpts / "last.pt", weights_only=True)
-    assert state["step"] == 24 and state["mlflow_run_id"] == run.info.run_id
     assert "val_pve_mm" in run.data.metrics
+    state = torch.load(ckpts / "last.pt", weights_only=True)
+    assert state["step"] == 2 * int(steps.group(1))
+    assert state["mlflow_run_id"] == run.info.run_id
+    reference = torch.load(other / "runs" / "cells" / cell.name / "checkpoints" / "last.pt",
+                           weights_only=True)
+    assert reference["step"] == state["step"]
+    for key, value in reference["model"].items():
+        assert torch.equal(value, state["model"][key]), key
 
     again = cli(grid, args, tmp_path)
     assert "nothing to submit" in again.stdout and len(jobs_named(name)) == 1

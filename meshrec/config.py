@@ -94,7 +94,8 @@ class Augment:
 @dataclass(frozen=True)
 class Synth:
     frames_per_subject: int = _f(200, "frames per subject of generated data", min=1)
-    size: int = _f(256, "side in pixels of generated images and their packed crops", min=32)
+    size: int = _f(256, "side in pixels of the packed crops (frames are rendered at twice "
+                   "that, at least 256)", min=32)
     seed: int = _f(0, "seed of the data generator", min=0)
 
 

@@ -9,6 +9,7 @@ and go on a queue. A worker thread sends them in order, coalescing metric calls 
 the server cannot be reached it logs one warning, keeps everything queued and retries with
 exponential backoff (1 s .. 30 s); when it comes back, the backlog is sent. `finish()` waits at most
 `track.flush_timeout_s` for the queue to drain, then gives up on what is left (one warning).
+A logging call that cannot be made (a missing file, a value that is no number) warns and returns.
 MLflow's own HTTP retries (by default 7 retries and a 120 s timeout, which can block one call for
 minutes) are bounded unless the environment already sets them.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -31,7 +33,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -86,6 +88,17 @@ class _Op:
     data: Any
     attempts: int = 0
     merge: bool = True  # metric ops: may be batched with the ones after it
+
+
+def _never_fatal(method: Callable[..., None]) -> Callable[..., None]:
+    """A logging call that fails (a missing file, a value that is no number) warns, never raises."""
+    @functools.wraps(method)
+    def call(self: "Tracker", *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must not stop training
+            log.warning("MLflow %s skipped: %s", method.__name__, _first(exc))
+    return call
 
 
 def _not_from_sender(record: logging.LogRecord) -> bool:
@@ -143,6 +156,7 @@ class Tracker:
         self._run_ready.wait(min(wait_s, self.flush_timeout_s))
         return self.run_id
 
+    @_never_fatal
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         if not self._active():
             return
@@ -150,10 +164,12 @@ class Tracker:
         values = {k: float(v) for k, v in metrics.items()}
         self._enqueue(_Op("metrics", [(k, v, stamp, int(step)) for k, v in values.items()]))
 
+    @_never_fatal
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self._active():
             self._enqueue(_Op("tags", {k: _clip(_text(v), MAX_TAG_LEN) for k, v in tags.items()}))
 
+    @_never_fatal
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Log a file or directory as it is now (a copy is queued, so it may change after)."""
         if not self._active():
@@ -166,16 +182,19 @@ class Tracker:
             shutil.copyfile(path, staged)
         self._enqueue(_Op("artifact", (staged, artifact_path)))
 
+    @_never_fatal
     def log_text(self, text: str, name: str) -> None:
         """Log `text` as the artifact `name` (may hold folders: 'config/resolved.yaml')."""
         if self._active():
             self._log_bytes(text.encode("utf-8"), name)
 
+    @_never_fatal
     def log_dict(self, obj: Any, name: str) -> None:
         if self._active():
             self._log_bytes(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True,
                                        default=str).encode("utf-8"), name)
 
+    @_never_fatal
     def log_image(self, image: np.ndarray, name: str) -> None:
         """Log an (H, W[, 3|4]) image as PNG: uint8, or floats in [0, 1]."""
         if not self._active():
@@ -273,7 +292,7 @@ class Tracker:
         with self._cond:
             while not self._queue and not self._stop:
                 self._cond.wait()
-            if not self._queue:
+            if self._stop:  # finish() has given up on what is left
                 return None
             op = self._queue.popleft()
             if op.kind == "metrics" and op.merge:

@@ -99,9 +99,16 @@ def test_submitit_slurm_job():
     assert got["exported"]["MASTER_ADDR"] == "node5"
 
 
-def test_first_host_of_node_lists():
-    assert mdist.first_host("cn[003-010],gpu1") == "cn003"
-    assert mdist.first_host("solo") == "solo"
+def test_first_host_of_node_lists(tmp_path):
+    lists = ["cn[003-010],gpu1", "solo", "a-1,b", "gpu[7,9-10]"]
+    expected = ["cn003", "solo", "a-1", "gpu7"]
+    assert [mdist.first_host(n) for n in lists] == expected
+    # Without scontrol on PATH, the built-in reading gives the same hosts.
+    code = ("import json, sys; from meshrec.train.dist import first_host; "
+            "print(json.dumps([first_host(n) for n in sys.argv[1:]]))")
+    out = subprocess.run([sys.executable, "-c", code, *lists], env={"PATH": str(tmp_path)},
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout) == expected, out.stderr
 
 
 def _reduce_worker(out_dir: str) -> None:

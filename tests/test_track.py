@@ -151,6 +151,8 @@ def test_unreachable_server_never_blocks(caplog):
     tracker.log_dict({"a": 1}, "a.json")
     assert tracker.finish() is False
     assert time.monotonic() - began < PROMPT_S
+    tracker._thread.join(timeout=10)  # the sender stops; it does not go on retrying
+    assert not tracker._thread.is_alive()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unreachable" in m for m in messages) == 1
     assert any("not sent" in m for m in messages)
@@ -224,7 +226,11 @@ def test_non_finite_metrics_and_bad_values_do_not_lose_the_rest(mlflow_server, c
     tracker.log_metrics({"loss": float("nan"), "grad": float("inf")}, 0)
     tracker.set_tags({"bad*key?": "x"})  # MLflow refuses this name: dropped with a warning
     tracker.log_metrics({"loss": 1.0, "grad": 2.0, "bad*name?": 3.0}, 1)
+    # Mistakes in a logging call warn; they never raise into the training loop.
+    tracker.log_artifact("/nonexistent/file.txt")
+    tracker.log_metrics({"loss": "not a number"}, 2)
     assert tracker.finish()
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == 2
     assert any("refused" in r.getMessage() for r in caplog.records)
     client = MlflowClient(mlflow_server)
     loss, grad = _history(client, run_id, "loss"), _history(client, run_id, "grad")

@@ -27,7 +27,6 @@ class Trained:
 def load_trained(path: str, overrides: Sequence[str] = (), device: str = "auto") -> Trained:
     """Model, body and config of a checkpoint (weights from it, not from torchvision)."""
     import numpy as np
-    import torch
 
     from meshrec.body.load import load_body_model
     from meshrec.config import from_dict, with_overrides

@@ -76,7 +76,7 @@ def sample_errors(pred_v: Tensor, true_v: Tensor, pred_j: Tensor, true_j: Tensor
     """Per-sample errors (see the module docstring), computed in float64."""
     pv, tv, pj, tj = (t.detach().double().cpu() for t in (pred_v, true_v, pred_j, true_j))
     return {"mse": metrics.vertex_mse_per_sample(pv, tv).tolist(),
-            "pve_mm": metrics.pve_mm_per_sample(pv, tv, pj, tj).tolist(),
+            "pve_mm": metrics.pve_mm_per_sample(pv, tv, pj[:, 0], tj[:, 0]).tolist(),
             "mpjpe_mm": metrics.mpjpe_mm_per_sample(pj, tj).tolist(),
             "pa_mpjpe_mm": metrics.pa_mpjpe_mm_per_sample(pj, tj).tolist()}
 

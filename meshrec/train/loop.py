@@ -204,7 +204,7 @@ def checkpoint_state(run: Run) -> dict:
             "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
             "config": to_dict(run.cfg), "config_hash": run.chash,
             "manifest_sha256": run.manifest_sha256, "mean_params": run.mean_params.tolist(),
-            "mlflow_run_id": run.run_id or ""}
+            "mlflow_run_id": (run.tracker.run_id if run.tracker else None) or run.run_id or ""}
 
 
 def save(run: Run) -> None:
@@ -256,6 +256,19 @@ def init_from(run: Run, path: str) -> None:
 
 # ------------------------------------------------------------------ one optimizer step
 
+def isolated(loader: Any):
+    """The loader's batches, drawn without touching torch's global RNG (DataLoader draws a seed
+    from it whenever it starts iterating): dropout then sees the same random stream whether or
+    not a run was stopped and resumed in the middle of an epoch."""
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def _finite_everywhere(value: torch.Tensor) -> bool:
     ok = torch.isfinite(value.detach()).all().float().reshape(1).cpu()
     if torch_dist.is_available() and torch_dist.is_initialized():
@@ -278,6 +291,8 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     if run.env.device.type == "cuda" and cfg.train.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     run.optimizer.zero_grad(set_to_none=True)
+    # BatchNorm running statistics change in the forward pass: kept to undo a bad step.
+    buffers = [b.detach().clone() for b in run.core.buffers()]
     total = torch.zeros((), device=run.env.device)
     terms: dict[str, float] = {}
     for k in range(parts):
@@ -299,6 +314,9 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     run.step += 1
     if not _finite_everywhere(total):
         run.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buf, saved in zip(run.core.buffers(), buffers):
+                buf.copy_(saved)
         run.bad_in_row += 1
         run.bad_total += 1
         if run.bad_in_row >= cfg.train.max_bad_steps:
@@ -307,8 +325,7 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
                                f"try train.amp=off")
         log.warning("step %d: non-finite loss, step skipped (%d in a row)", run.step,
                     run.bad_in_row)
-        run.scheduler.step()  # the schedule follows steps taken, skipped or not
-        return None
+        return None  # the LR schedule follows the updates made
     run.bad_in_row = 0
     if cfg.optim.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
@@ -343,9 +360,10 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
         run.val_loaders[split] = build_loader(cfg, split, run.env.rank, run.env.world_size,
                                               run.env.device)
     loader = run.val_loaders[split]
-    rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
-                                            run.mean_params, run.amp, run.env.device))
-    pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
+    with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG alone
+        rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
+                                                run.mean_params, run.amp, run.env.device))
+        pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
     run.core.train()
     return evaluate.summary(rec, f"{split}_"), pictures
 
@@ -452,6 +470,7 @@ def _spawned(cfg_dict: dict, stop_after: Optional[int], run_id: Optional[str] = 
 
 def _train(cfg: Config, env: Any, stop_after: Optional[int],
            run_id: Optional[str] = None) -> dict[str, float]:
+    from meshrec.train import dist
     from meshrec.train.checkpoint import check_resume, load_checkpoint
 
     torch.manual_seed(cfg.train.seed)
@@ -478,8 +497,9 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
     metrics: dict[str, float] = {}
     window_t, window_steps = time.perf_counter(), 0
     stopped = False
+    saved_at = run.step
     for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
-        for batch in run.loader:
+        for batch in isolated(run.loader):
             terms = train_step(run, batch)
             window_steps += 1
             if bar is not None:
@@ -490,6 +510,9 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
                 elapsed = time.perf_counter() - window_t
                 img_s = window_steps * cfg.data.batch_size / max(elapsed, 1e-9)
                 window_t, window_steps = time.perf_counter(), 0
+                if terms and env.world_size > 1:  # logged values: means over ranks
+                    terms = {k: float(dist.all_reduce_mean(torch.tensor(v, device=env.device)))
+                             for k, v in terms.items()}
                 row = {f"train_{k}": v for k, v in (terms or {}).items()}
                 row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
                             "bad_steps": float(run.bad_total)})
@@ -504,12 +527,15 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
             every = cfg.train.checkpoint_every
             if (every and run.step % every == 0) or stop_after == run.step:
                 save(run)
+                saved_at = run.step
             if stop_after is not None and run.step >= stop_after:
                 stopped = True
                 break
         if stopped:
             break
-        save(run)  # end of epoch
+        if saved_at != run.step:  # end of epoch
+            save(run)
+            saved_at = run.step
         last_epoch = epoch == cfg.train.epochs - 1
         every_epochs = cfg.eval.every_epochs
         if last_epoch or (every_epochs and (epoch + 1) % every_epochs == 0):
@@ -517,6 +543,8 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
             log_validation(run, epoch, metrics, pictures)
     if bar is not None:
         bar.close()
+    if not stopped and not metrics:  # resumed from a finished run: report its numbers again
+        metrics, _ = validate(run, "val")
 
     metrics = {**metrics, "steps": float(run.step), "bad_steps": float(run.bad_total)}
     if env.is_main:
@@ -524,6 +552,6 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
         path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         if not stopped:
             run.tracker.log_artifact(path)
-            run.tracker.set_tags({"done": "true"})
-        run.tracker.finish("FINISHED" if not stopped else "KILLED")
+        # A stopped run is continued by the next job (same MLflow run); only a real end is done.
+        run.tracker.finish("FINISHED" if not stopped else "KILLED", done=not stopped)
     return metrics if env.is_main else {}

@@ -307,3 +307,39 @@ def test_train_full_script_trains_and_evaluates(slurm_cluster, mlflow_server, tm
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.tags["meshrec.done"] == "true"
     assert run.data.params["data.train_subjects"] == '["S1", "S5", "S6", "S7", "S8"]'
+
+
+# ------------------------------------------------------------------ local executor
+
+def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
+    p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")
+    assert p.executor == "local" and "no `sbatch`" in p.notice
+    with pytest.raises(sweep_mod.MeshrecError, match="sbatch"):
+        sweep_mod.plan(REPO / "configs" / "loss_weights.yaml", ["launch.executor=slurm"])
+
+
+@pytest.mark.slow
+def test_failed_local_cell_is_resubmitted_into_its_run(mlflow_server, tmp_path, cache):
+    name = f"local-{uuid.uuid4().hex[:8]}"
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.5]})
+    # A readable file (the checks before queueing pass) that is no mean-parameters file: the
+    # job fails when it builds the model.
+    bad = tmp_path / "mean.npz"
+    bad.write_text("not an npz")
+    args = settings(tmp_path, cache, name, mlflow_server, "launch.slurm.tasks_per_node=1",
+                    f"model.mean_params={bad}")
+    first = cli(grid, [*args, "--local"], tmp_path)
+    assert first.returncode == 1, first.stderr
+    assert "FAILED" in first.stdout
+    status = cli(grid, [*args, "--local", "--status"], tmp_path)
+    assert " failed " in status.stdout
+    client = MlflowClient(mlflow_server)
+    (run_before,) = children(client, name)[1]
+
+    again = cli(grid, [*args, "--local"], tmp_path)
+    assert again.returncode == 1 and "started cell" in again.stdout
+    parents, cells = children(client, name)
+    assert len(parents) == 1 and [r.info.run_id for r in cells] == [run_before.info.run_id]
+    assert cells[0].data.tags["meshrec.job_id"] != run_before.data.tags["meshrec.job_id"]
+    assert cells[0].data.tags["meshrec.executor"] == "local"

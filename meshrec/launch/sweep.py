@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -257,10 +258,9 @@ def executor_parameters(cfg: Config, executor: str) -> dict[str, Any]:
     # The package of this checkout, and torch's CPU threads limited to the task's CPUs.
     setup = [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
              f"export OMP_NUM_THREADS={s.cpus_per_task}"]
-    if executor == "local":
+    if executor == "local":  # the same settings come from the environment (local_env)
         if s.gpus_per_node:
             params["gpus_per_node"] = s.gpus_per_node
-        params["local_setup"] = setup
         return params
     params["nodes"] = s.nodes
     if s.gpus_per_node and not s.gres:
@@ -276,6 +276,15 @@ def executor_parameters(cfg: Config, executor: str) -> dict[str, Any]:
         params["slurm_additional_parameters"] = dict(s.additional)
     params["slurm_setup"] = setup
     return params
+
+
+def local_env(cfg: Config) -> dict[str, str]:
+    """What `setup` lines export on SLURM, for local jobs (which inherit this process's
+    environment; a setup line would put a shell between submitit and the job, and the shell
+    would not pass on a cancel)."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": f"{REPO}:{path}" if path else str(REPO),
+            "OMP_NUM_THREADS": str(cfg.launch.slurm.cpus_per_task)}
 
 
 def log_folder(p: Plan) -> Path:
@@ -316,6 +325,8 @@ class Tracking:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
@@ -506,10 +517,14 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
             for cell, job in zip(todo, jobs):
                 out(f"  {job.job_id}  cell {cell.name}  {_values(cell)}")
         else:
+            os.environ.update(local_env(p.cfg))
             result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
                                           p.cfg.launch.slurm.array_parallelism, folder, out)
     else:
         out("nothing to submit: every cell is finished or in flight")
+    if p.executor == "local" and todo:
+        for line in table(p, _rows(p, tracking)):
+            out(line)
     out(f"MLflow experiment '{p.experiment}' at {p.uri}; sweep run {parent}")
     out(f"open it: {ui_command(p.uri)}")
     return result
@@ -590,7 +605,10 @@ class Row:
 
 def rows(p: Plan) -> tuple[Optional[str], list[Row], Tracking]:
     tracking = Tracking(p.uri, p.experiment)
-    parent = tracking.parent(p, create=False)
+    return tracking.parent(p, create=False), _rows(p, tracking), tracking
+
+
+def _rows(p: Plan, tracking: Tracking) -> list[Row]:
     runs = tracking.cell_runs()
     states = cell_states(runs, p.cells)
     out = []
@@ -599,7 +617,7 @@ def rows(p: Plan) -> tuple[Optional[str], list[Row], Tracking]:
         best = tracking.best(run.info.run_id) if run is not None else math.nan
         out.append(Row(cell, states[cell.name], run.data.tags.get(TAG_JOB, "") if run else "",
                        run.info.run_id if run else "", best))
-    return parent, out, tracking
+    return out
 
 
 def table(p: Plan, table_rows: Sequence[Row], sep: str = "  ") -> list[str]:

@@ -343,3 +343,41 @@ def test_failed_local_cell_is_resubmitted_into_its_run(mlflow_server, tmp_path, 
     assert len(parents) == 1 and [r.info.run_id for r in cells] == [run_before.info.run_id]
     assert cells[0].data.tags["meshrec.job_id"] != run_before.data.tags["meshrec.job_id"]
     assert cells[0].data.tags["meshrec.executor"] == "local"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_full_script_requeues_itself_on_usr1_and_resumes(slurm_cluster, mlflow_server,
+                                                               tmp_path, cache):
+    name = f"fullrq-{uuid.uuid4().hex[:8]}"
+    overrides = [o for o in TINY if not o.startswith(("launch.", "train.device", "train.epochs",
+                                                      "train.checkpoint_every", "data.batch_size"))]
+    out = tmp_path / "out"
+    env = {**os.environ, "CONFIG": str(REPO / "configs" / "demo.yaml"), "OUT": str(out),
+           "PYTHON": sys.executable,
+           "OVERRIDES": " ".join([*overrides, "data.batch_size=4", "train.epochs=2",
+                                  "train.checkpoint_every=2", f"body.cache_dir={cache}",
+                                  f"track.uri={mlflow_server}", f"track.experiment={name}"])}
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={name}", f"--partition={slurm_cluster.partition}",
+         "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=0",
+         "--time=15", f"--output={tmp_path / 'slurm-%j.out'}", str(REPO / "slurm" / "train_full.sh")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    wait_for(lambda: len(list((out / "checkpoints").glob("step_*.pt"))) >= 2,
+             "a few steps checkpointed", name=name, alive=True)
+    # What SLURM sends 120 s before the time limit (--signal=B:USR1@120): the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=30)
+    wait_for(lambda: "restart 1" in (tmp_path / f"slurm-{job_id}.out").read_text(),
+             "the job restarted", name=name)
+    wait_for(lambda: not unfinished(name), "train_full.sh ended", name=name)
+    log = (tmp_path / f"slurm-{job_id}.out").read_text(errors="replace")
+    assert dict(jobs_named(name)) == {job_id: "COMPLETED"}, log[-3000:]
+    assert "requeueing job" in log
+    resumed = re.search(r"resumed from \S+ at step (\d+)", log)
+    assert resumed and int(resumed.group(1)) >= 2, log[-3000:]
+    assert "subjects S9, S11" in (out / "eval.txt").read_text()
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert run.data.tags["meshrec.done"] == "true"  # one run, continued after the requeue

@@ -303,6 +303,16 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
     assert run.info.status == "FINISHED"
 
 
+def test_training_completes_when_the_tracking_server_is_down(cache, tmp_path):
+    from meshrec.train.loop import train
+
+    cfg = tiny(cache, tmp_path, "track.enabled=true", "track.uri=http://127.0.0.1:9",
+               "track.flush_timeout_s=2", "data.train_subjects=[S1]")
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and metrics["val_pve_mm"] > 0
+    assert state_of(tmp_path)["step"] == 2
+
+
 # ------------------------------------------------------------------ it learns
 
 @pytest.mark.slow

@@ -8,9 +8,12 @@ Conventions that the tests rely on:
 - `data.batch_size` is the global batch of one optimizer step; each rank's loader yields its
   share, split into `optim.accumulate` micro-batches. The loss is a mean over the micro-batch,
   scaled by 1/accumulate, and DDP averages gradients over ranks, so W ranks × B/W equals one
-  rank × B.
+  rank × B (exactly so with a frozen encoder; a fine-tuned encoder's BatchNorm uses per-rank
+  batch statistics, as in HMR/SPIN training).
 - A step whose loss is NaN/Inf on any rank is skipped on every rank (no optimizer or scheduler
-  step, gradients dropped) and counted; `train.max_bad_steps` of them in a row abort the run.
+  step, gradients dropped, BatchNorm statistics put back) and counted; `train.max_bad_steps` of
+  them in a row abort the run.
+- Loading batches and validating never draw from torch's global RNG (dropout's stream).
 - A checkpoint holds everything the next step depends on (weights, optimizer, scaler,
   scheduler, RNG states, loader position, step, bad-step run, MLflow run id), so on CPU a run
   stopped after any step and resumed ends with bit-identical weights.

@@ -441,8 +441,12 @@ def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: li
 
 # ------------------------------------------------------------------ the whole run
 
-def train(cfg: Config, *, stop_after: Optional[int] = None) -> dict[str, float]:
+def train(cfg: Config, *, stop_after: Optional[int] = None,
+          run_id: Optional[str] = None) -> dict[str, float]:
     """Train `cfg` into `train.output_dir`; returns the final metrics (rank 0; {} elsewhere).
+
+    `run_id`: an MLflow run made beforehand (a sweep's child run) that a fresh run logs into; a
+    resumed run keeps the one its checkpoint names.
 
     `train.processes > 1` outside any launcher runs that many local gloo/nccl processes.
     `stop_after`: return after that many optimizer steps in total, with a checkpoint written
@@ -453,21 +457,22 @@ def train(cfg: Config, *, stop_after: Optional[int] = None) -> dict[str, float]:
     if cfg.train.processes > 1 and dist.detect_launch().source == "single":
         result = Path(cfg.train.output_dir) / METRICS
         result.unlink(missing_ok=True)
-        dist.spawn_local(_spawned, cfg.train.processes, to_dict(cfg), stop_after)
+        dist.spawn_local(_spawned, cfg.train.processes, to_dict(cfg), stop_after, run_id)
         return json.loads(result.read_text()) if result.is_file() else {}
     env = dist.init_distributed(cfg)
     try:
-        return _train(cfg, env, stop_after)
+        return _train(cfg, env, stop_after, run_id)
     finally:
         dist.cleanup()
 
 
-def _spawned(cfg_dict: dict, stop_after: Optional[int]) -> None:
+def _spawned(cfg_dict: dict, stop_after: Optional[int], run_id: Optional[str] = None) -> None:
     """Entry of a process started by `train.processes=N` (module level: spawn pickles it)."""
-    train(from_dict(cfg_dict, "train.processes"), stop_after=stop_after)
+    train(from_dict(cfg_dict, "train.processes"), stop_after=stop_after, run_id=run_id)
 
 
-def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]:
+def _train(cfg: Config, env: Any, stop_after: Optional[int],
+           run_id: Optional[str] = None) -> dict[str, float]:
     from meshrec.train import dist
     from meshrec.train.checkpoint import check_resume, load_checkpoint
 
@@ -482,6 +487,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int]) -> dict[str, float]
         say(run, f"resumed from {resume_path} at step {run.step}")
     elif cfg.train.init_from:
         init_from(run, cfg.train.init_from)
+    run.run_id = run.run_id or run_id
     start_tracking(run)
     say(run, f"config {run.chash}: {cfg.model.encoder} on {env.world_size} × {env.device}, "
              f"{run.steps_per_epoch} steps/epoch × {cfg.train.epochs} epochs, "

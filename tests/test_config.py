@@ -47,6 +47,13 @@ def test_defaults_without_a_file():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
+    """Plain configs load as a Config; sweep files (a `grid:` block) expand into valid cells."""
+    from meshrec.launch.grid import load_sweep
+
+    if "grid" in (yaml.safe_load(path.read_text()) or {}):
+        cells = load_sweep(path).cells
+        assert cells and all(re.fullmatch(r"[0-9a-f]{12}", c.name) for c in cells)
+        return
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     assert re.fullmatch(r"[0-9a-f]{12}", config_hash(cfg))

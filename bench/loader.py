@@ -69,7 +69,10 @@ class Meter:
             self.it = iter(self.batches)
             return next(self.it)
 
-    def round(self, seconds: float) -> None:
+    def round(self, seconds: float, settle: float = 1.5) -> None:
+        # A loader's background workers go on filling their prefetch queues after its round;
+        # wait for that before timing the next loader so no round pays for another's work.
+        time.sleep(settle)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             b = self._next()
@@ -156,6 +159,16 @@ class DaliDecodeOnly:
             yield self.pipe.run()
 
 
+def packed_shards(data: str, frames: int, workers: int) -> tuple[str, str, str]:
+    """bench/pack.py's source frames under `data` and their 256 px shards (both made once)."""
+    npz, root = make_source(data, frames, workers)
+    out = os.path.join(data, "shards")
+    if not os.path.exists(os.path.join(out, shardset.MANIFEST)):
+        pack([npz], root, out, PackConfig("spin", size=256), workers=workers, progress=False,
+             log=lambda s: None)
+    return npz, root, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "meshrec-bench-pack"))
@@ -166,11 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     w = args.workers
 
-    npz, root = make_source(args.data, args.frames, w)
-    out = os.path.join(args.data, "shards")
-    if not os.path.exists(os.path.join(out, shardset.MANIFEST)):
-        pack([npz], root, out, PackConfig("spin", size=256), workers=w, progress=False,
-             log=lambda s: None)
+    npz, root, out = packed_shards(args.data, args.frames, w)
     subjects = "[" + ",".join(SUBJECTS) + "]"
     cfg = with_overrides(Config(), [f"data.shards={out}", f"data.image_size={SIZE}",
                                     f"data.batch_size={BATCH}", f"eval.batch_size={BATCH}",

@@ -403,3 +403,37 @@ def test_two_ddp_processes_step_together_and_cover_the_evaluation_set(shards, tm
     assert len(val) == len(set(val)) == 23
     train = ranks[0]["train"]["keys"] + ranks[1]["train"]["keys"]
     assert len(train) == len(set(train)) == 40
+
+
+# ------------------------------------------------------------------ GPU (nvJPEG `mixed` decode)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("size", [SIZE, WARPED])
+def test_gpu_pipeline_gives_the_cpu_pipelines_batches_on_the_gpu(shards, size):
+    cfg = config(shards, "dali", f"data.image_size={size}")
+    gpu, cpu = take(build_loader(cfg, "val", device="cuda")), take(build_loader(cfg, "val"))
+    assert [b["key"] for b in gpu] == [b["key"] for b in cpu]
+    for g, c in zip(gpu, cpu):
+        assert g["image"].is_cuda and g["image"].dtype == torch.float16
+        assert g["params"].is_cuda and torch.equal(g["params"].cpu(), c["params"])
+        diff = (pixels(g["image"].cpu()) - pixels(c["image"])).abs()
+        print(f"size {size}: gpu vs cpu pixels mean {diff.mean():.3f} max {diff.max():.2f}")
+        # nvJPEG's IDCT differs from libjpeg-turbo's by a few levels; fp16 adds < 0.5.
+        assert diff.mean() < 1.0 and diff.max() <= 12
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_augmentation_matches_the_torch_transform_of_its_numbers(shards):
+    batch = take(build_loader(config(shards, "dali"), "train", device="cuda"), 1)[0]
+    assert batch["image"].is_cuda and batch["aug"][:, Aug.ANGLE].abs().max() > 1
+    px = pixels(batch["image"].cpu())
+    for i, key in enumerate(batch["key"]):
+        ref = _reference(shards, key, batch["aug"][i].cpu().numpy()).float()
+        diff = (px[i] - ref).abs()
+        print(f"{key}: gpu augmentation vs torch mean {diff.mean():.3f} max {diff.max():.2f}")
+        assert diff.mean() < 1.5, (key, diff.mean(), diff.max())

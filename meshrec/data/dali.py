@@ -23,7 +23,8 @@ same order and the same augmentation numbers as an uninterrupted run (tested).
 Images: one affine warp (meshrec.data.augment.affine_matrix, written here with DALI arithmetic on
 the per-sample random numbers), colour twist, then crop_mirror_normalize (flip, ImageNet
 statistics, CHW). An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop)
-skips the warp and is cut by crop_mirror_normalize: DALI's CPU warp is ~6× slower than that.
+skips the warp: only that region is decoded (`decoders.image_crop`), DALI's CPU warp being ~6×
+slower than a copy.
 
 The label flip/rotation is done in torch after the iterator (meshrec.data.labels) from the
 augmentation numbers the pipeline outputs, so the pixels and the labels use the same draw.
@@ -76,40 +77,45 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
         reader_args.update(stick_to_shard=True)
     jpg, smpl, *rest = fn.readers.webdataset(**reader_args)
     info = fn.pad(fn.get_property(jpg, key="source_info"), axes=(0,))
-    shape = fn.peek_image_shape(jpg, dtype=types.FLOAT)  # (H, W, C) without decoding
-    img = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
-
-    h, w = shape[0], shape[1]
-    zero = h * 0.0  # a per-sample scalar, to hold constants where the numbers need DataNodes
-    p: dict[int, Any] = {Aug.SCALE: 1.0, Aug.TX: 0.0, Aug.TY: 0.0, Aug.ANGLE: 0.0}
-    if augmenting:
-        for slot, (lo, hi) in augment.ranges(aug).items():
-            p[slot] = fn.random.uniform(range=[lo, hi]) if hi > lo else zero + lo
-        flip = fn.random.coin_flip(probability=aug.flip_prob, dtype=types.INT32)
-        p[Aug.FLIP] = fn.cast(flip, dtype=types.FLOAT)
-
-    # augment.affine_matrix, written with DALI arithmetic (per-sample scalars).
-    side = augment.CROP_FRACTION * dmath.min(w, h) * p[Aug.SCALE]
-    k = side / size
-    cx, cy = w / 2.0 + p[Aug.TX] * side, h / 2.0 + p[Aug.TY] * side
-    if augmenting:
-        rad = p[Aug.ANGLE] * (math.pi / 180.0)
-        c, s = dmath.cos(rad), dmath.sin(rad)
-    else:
-        c, s = 1.0, 0.0
-    half = size / 2.0
-    matrix = fn.stack(k * c, -k * s, cx - k * (c - s) * half,
-                      k * s, k * c, cy - k * (s + c) * half)
+    decode = dict(device="mixed" if gpu else "cpu", output_type=types.RGB)
     exact = None if augmenting else augment.exact_crop(src_size, size)
-    if exact is None:  # (DALI's CPU warp is slow: ~400 img/s on 2 threads at 224 px)
+    p: dict[int, Any] = {}
+    if exact is not None:
+        # The crop is a plain pixel copy (224 of a 256 px packed crop): decode only that region
+        # (ROI decoding) and resample nothing (DALI's CPU warp: ~400 img/s on 2 threads).
+        img = fn.decoders.image_crop(jpg, crop=[size, size], crop_pos_x=0.5, crop_pos_y=0.5,
+                                     **decode)
+    else:
+        img = fn.decoders.image(jpg, **decode)
+        shape = fn.peek_image_shape(jpg, dtype=types.FLOAT)  # (H, W, C) without decoding
+        h, w = shape[0], shape[1]
+        zero = h * 0.0  # a per-sample scalar, to hold constants where the numbers need DataNodes
+        p = {Aug.SCALE: 1.0, Aug.TX: 0.0, Aug.TY: 0.0, Aug.ANGLE: 0.0}
+        if augmenting:
+            for slot, (lo, hi) in augment.ranges(aug).items():
+                p[slot] = fn.random.uniform(range=[lo, hi]) if hi > lo else zero + lo
+            flip = fn.random.coin_flip(probability=aug.flip_prob, dtype=types.INT32)
+            p[Aug.FLIP] = fn.cast(flip, dtype=types.FLOAT)
+
+        # augment.affine_matrix, written with DALI arithmetic (per-sample scalars).
+        side = augment.CROP_FRACTION * dmath.min(w, h) * p[Aug.SCALE]
+        k = side / size
+        cx, cy = w / 2.0 + p[Aug.TX] * side, h / 2.0 + p[Aug.TY] * side
+        if augmenting:
+            rad = p[Aug.ANGLE] * (math.pi / 180.0)
+            c, s = dmath.cos(rad), dmath.sin(rad)
+        else:
+            c, s = 1.0, 0.0
+        half = size / 2.0
+        matrix = fn.stack(k * c, -k * s, cx - k * (c - s) * half,
+                          k * s, k * c, cy - k * (s + c) * half)
         img = fn.warp_affine(img, matrix=fn.reshape(matrix, shape=[2, 3]), size=[size, size],
                              fill_value=0, interp_type=types.INTERP_LINEAR, inverse_map=True)
     if augmenting and aug.color_jitter > 0:
         img = fn.color_twist(img, brightness=p[Aug.BRIGHTNESS], contrast=p[Aug.CONTRAST],
                              saturation=p[Aug.SATURATION])
-    crop = {} if exact is None else {"crop": [size, size], "crop_pos_x": 0.5, "crop_pos_y": 0.5}
     img = fn.crop_mirror_normalize(
-        img, mirror=flip if augmenting else 0, output_layout="CHW", **crop,
+        img, mirror=flip if augmenting else 0, output_layout="CHW",
         dtype=types.FLOAT16 if gpu else types.FLOAT,
         mean=[255.0 * v for v in augment.IMAGENET_MEAN], std=[255.0 * v for v in augment.IMAGENET_STD])
 

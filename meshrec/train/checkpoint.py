@@ -3,7 +3,7 @@
 A checkpoint directory holds `step_000001000.pt` files and `last.pt`, the most recent one (a hard
 link to it, or a copy where links are not supported). Every file is written to a temporary name,
 fsynced and renamed, so a crash leaves the previous `last.pt` whole. Contents are plain Python
-containers, numbers, strings and tensors only, so `torch.load(weights_only=True)` reads them;
+containers, numbers, strings, bytes (DALI's GPU reader checkpoint) and tensors only, so `torch.load(weights_only=True)` reads them;
 `save_checkpoint` refuses anything else before writing.
 
 The loop's state dict carries `checkpoint_meta(cfg)` (the resolved config as a dict and its hash),
@@ -30,7 +30,7 @@ from meshrec.fileio import atomic_open
 
 LAST = "last.pt"
 _STEP = re.compile(r"step_(\d+)\.pt")
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+_PLAIN = (str, bytes, int, float, bool, type(None), torch.Tensor)
 
 
 def step_name(step: int) -> str:
@@ -49,7 +49,7 @@ def _check_plain(obj: Any, where: str = "state") -> None:
             _check_plain(value, f"{where}[{i}]")
     elif not isinstance(obj, _PLAIN):
         raise TypeError(f"checkpoint value {where} is a {type(obj).__name__}; store plain "
-                        "dicts, lists, numbers, strings and tensors only")
+                        "dicts, lists, numbers, strings, bytes and tensors only")
 
 
 def _fsync_dir(path: Path) -> None:

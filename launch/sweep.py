@@ -8,6 +8,8 @@ MLflow parent run for the sweep and one child run per cell. See meshrec/launch/s
     python launch/sweep.py --grid configs/loss_weights.yaml --status    # table of cells
     python launch/sweep.py --grid configs/loss_weights.yaml --report    # plots to MLflow, best cell
     python launch/sweep.py --grid configs/loss_weights.yaml --demo      # 4 small cells here
+    python launch/sweep.py --grid configs/loss_weights.yaml --no-feature-cache  # every cell
+                                                     # runs its frozen encoder over the images
 """
 
 from __future__ import annotations
@@ -48,13 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a few cells of the grid with configs/demo.yaml layered over the "
                              "base (ResNet-18, small images, generated data), run here, MLflow "
                              "store under the demo's output directory")
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="do not build or use the shared frozen-encoder feature cache: every "
+                             "cell pushes the images through its encoder itself (by default, "
+                             "cells sharing a frozen encoder train from one cache, built first "
+                             "by one feature job when it is missing)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from meshrec.launch import sweep
 
-    p = sweep.plan(args.grid, args.overrides, demo=args.demo, local=args.local)
+    p = sweep.plan(args.grid, args.overrides, demo=args.demo, local=args.local,
+                   feature_cache=not args.no_feature_cache)
     if args.dry_run:
         sweep.dry_run(p)
         return 0

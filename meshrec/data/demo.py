@@ -142,6 +142,24 @@ def ensure_shards(cfg: Config, progress: bool = False) -> Path:
     return root / "shards"
 
 
+def existing_shards(cfg: Config) -> Path | None:
+    """The shard directory of this config if it is there already (generated data finished);
+    None otherwise. Builds nothing, not even the stand-in body."""
+    if cfg.data.shards:
+        path = Path(os.path.expanduser(cfg.data.shards))
+        return path if (path / "manifest.json").is_file() else None
+    from meshrec.body.load import standin_path
+    from meshrec.body.model_file import load_arrays
+    from meshrec.synth.writer import body_digest
+
+    body = Path(cfg.body.model_path).expanduser() if cfg.body.model_path else standin_path(cfg.body)
+    if not body.is_file():
+        return None
+    rec = recipe(cfg, body_digest(load_arrays(body)))
+    root = Path(cfg.body.cache_dir).expanduser() / f"demo-{recipe_hash(rec)}"
+    return root / "shards" if _finished(root, rec) else None
+
+
 def with_shards(cfg: Config, progress: bool = False) -> Config:
     """`cfg` with `data.shards` set to a real directory (generating stand-in data if needed)."""
     path = ensure_shards(cfg, progress)

@@ -21,6 +21,12 @@ one MLflow child run under one parent run for the sweep.
 - Local executor: on this machine, through submitit's local executor, at most
   `launch.slurm.array_parallelism` cells at a time; the command waits for them (local jobs end with
   the process that started them).
+- Feature cache (`meshrec.launch.feature_job`): when every cell to run keeps its encoder frozen
+  and all see the same inputs (one `meshrec.features.share_key`), the cells train from one
+  frozen-encoder feature cache (`features.enabled=true`). If it is not complete yet, one feature
+  job with a cell's resources builds it first: on SLURM the cell array depends on it
+  (`afterok`, cancelled if it fails), locally the sweep waits for it. A complete cache is reused
+  without a job. `--no-feature-cache` (`plan(feature_cache=False)`) keeps the cells as written.
 - `--demo`: the sweep file's grid shrunk to DEMO_CELLS cells spread over it, `configs/demo.yaml`
   layered over its base (ResNet-18, small images, one epoch, generated data), local executor, an
   MLflow SQLite store beside the demo runs.
@@ -48,6 +54,7 @@ import yaml
 
 from meshrec.config import Config, ConfigError, to_dict, with_overrides
 from meshrec.errors import MeshrecError
+from meshrec.launch import feature_job
 from meshrec.launch.grid import Cell, Sweep, describe, load_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +69,8 @@ TAG_EXECUTOR = "meshrec.executor"
 TAG_DONE = "meshrec.done"       # set by the training loop (meshrec.track.DONE_TAG) at the real end
 TAG_BEST = "meshrec.best_cell"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_FEATURE_JOB = "meshrec.feature_job"   # on the parent: the sweep's last feature job
+FEATURE_JOB_SUFFIX = "-features"          # job name of the feature job: launch.job_name + this
 
 STATES = ("missing", "pending", "running", "finished", "failed")
 # SLURM job states that will still run (pending) or are running.
@@ -82,6 +91,7 @@ class Plan:
     root: Path                   # cells train into root/cells/<cell hash>
     uri: str                     # MLflow tracking URI the launcher and every job use
     experiment: str
+    feature_cache: bool = True   # cells sharing a frozen encoder train from one feature cache
 
     @property
     def cfg(self) -> Config:
@@ -132,8 +142,9 @@ def default_uri(root: Path) -> str:
 
 
 def plan(grid: str | os.PathLike, overrides: Sequence[str] = (), *, demo: bool = False,
-         local: bool = False) -> Plan:
-    """Load and validate the sweep (every cell), pick the executor; nothing is touched."""
+         local: bool = False, feature_cache: bool = True) -> Plan:
+    """Load and validate the sweep (every cell), pick the executor; nothing is touched.
+    `feature_cache=False` (--no-feature-cache): no feature job, cells as configured."""
     extra = demo_overrides() if demo else []
     sweep = load_sweep(grid, [*extra, *overrides])
     cells = spread(sweep.cells, DEMO_CELLS) if demo else sweep.cells
@@ -146,7 +157,8 @@ def plan(grid: str | os.PathLike, overrides: Sequence[str] = (), *, demo: bool =
     # '' = MLflow's default store: for a sweep, a SQLite file the jobs find by absolute path
     # (next to the demo's runs for --demo, in the working directory otherwise).
     uri = base.track.uri or default_uri(root if demo else Path.cwd())
-    return Plan(sweep, cells, executor, notice, sweep_id(cells), root, uri, base.track.experiment)
+    return Plan(sweep, cells, executor, notice, sweep_id(cells), root, uri, base.track.experiment,
+                feature_cache)
 
 
 def _choose_executor(setting: str, local: bool) -> tuple[str, str]:
@@ -297,11 +309,14 @@ def make_executor(p: Plan, folder: Path) -> submitit.AutoExecutor:
     return executor
 
 
-def sbatch_preview(p: Plan) -> str:
-    """The #SBATCH header submitit writes for this sweep's array (what --dry-run shows)."""
+def sbatch_preview(p: Plan, after_job: str = "") -> str:
+    """The #SBATCH header submitit writes for this sweep's array (what --dry-run shows);
+    `after_job`: the id the array waits for (a feature job's)."""
     from submitit.slurm import slurm as submitit_slurm
 
     params = executor_parameters(p.cfg, "slurm")
+    if after_job:
+        params = after(params, after_job)
     generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     specific = {k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")}
     mapping = {"timeout_min": "time", "tasks_per_node": "ntasks_per_node", "name": "job_name"}
@@ -481,13 +496,19 @@ def cell_states(runs: Mapping[str, Any], cells: Sequence[Cell]) -> dict[str, str
 # ------------------------------------------------------------------ launching
 
 def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
-    """Check everything, make the MLflow runs, submit what is not finished or in flight.
-    Returns {"parent": id, "submitted": {cell: job id}, "skipped": {cell: state}, "failed": [...]}.
+    """Check everything, make the MLflow runs, submit what is not finished or in flight (after
+    one feature job when the cells share a frozen encoder and its cache is not there yet).
+    Returns {"parent": id, "submitted": {cell: job id}, "skipped": {cell: state}, "failed": [...],
+    "feature_job": job id or None, "feature_cache": cache directory or ''}.
     """
     if p.notice:
         out(f"notice: {p.notice}")
     shards = preflight_all(p, progress)
     configs = {c.name: job_config(p, c, shards[c.name]) for c in p.cells}
+    device, checkable = feature_job.job_device(p.cfg, p.executor)
+    keys = _share_keys(p, configs, device)
+    # Over every cell first: a cell that needs a cache nobody builds stops us before MLflow.
+    feature_job.decide(configs, keys, p.feature_cache, device, checkable)
     tracking = Tracking(p.uri, p.experiment)
     parent = tracking.parent(p)
     runs = tracking.cell_runs()
@@ -497,8 +518,14 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
     for name, state in skipped.items():
         out(f"cell {name}: {state}, not submitted")
     result: dict[str, Any] = {"parent": parent, "submitted": {}, "skipped": skipped,
-                              "failed": []}
+                              "failed": [], "feature_job": None, "feature_cache": ""}
     if todo:
+        features = feature_job.decide({c.name: configs[c.name] for c in todo}, keys,
+                                      p.feature_cache, device, checkable)
+        configs.update(features.cells({c.name: configs[c.name] for c in todo}))
+        result["feature_cache"] = features.cache
+        if features.reason:
+            out(features.reason)
         run_ids = {c.name: (runs[c.name].info.run_id if c.name in runs
                             else tracking.create_child(parent, p, c, configs[c.name]))
                    for c in todo}
@@ -506,6 +533,14 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         folder = log_folder(p)
         executor = make_executor(p, folder)
         if p.executor == "slurm":
+            if features.build is not None:
+                fjob = _submit_features(p, features.build, folder)
+                result["feature_job"] = fjob.job_id
+                tracking.client.set_tag(parent, TAG_FEATURE_JOB, fjob.job_id)
+                out(f"submitted feature job {fjob.job_id} ({_tasks(p.cfg)} task(s)); the cells "
+                    f"start when it has finished well (afterok)")
+                executor.update_parameters(**after(executor_parameters(p.cfg, "slurm"),
+                                                   fjob.job_id))
             with executor.batch():
                 jobs = [executor.submit(call) for call in calls]
             for cell, job in zip(todo, jobs):
@@ -518,8 +553,17 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
                 out(f"  {job.job_id}  cell {cell.name}  {_values(cell)}")
         else:
             os.environ.update(local_env(p.cfg))
-            result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
-                                          p.cfg.launch.slurm.array_parallelism, folder, out)
+            built = True
+            if features.build is not None:
+                fjob = _submit_features(p, features.build, folder)
+                result["feature_job"] = fjob.job_id
+                tracking.client.set_tag(parent, TAG_FEATURE_JOB, fjob.job_id)
+                built = _wait_features(fjob, out)
+            if built:
+                result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
+                                              p.cfg.launch.slurm.array_parallelism, folder, out)
+            else:
+                result["failed"] = [c.name for c in todo]
     else:
         out("nothing to submit: every cell is finished or in flight")
     if p.executor == "local" and todo:
@@ -528,6 +572,61 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
     out(f"MLflow experiment '{p.experiment}' at {p.uri}; sweep run {parent}")
     out(f"open it: {ui_command(p.uri)}")
     return result
+
+
+def _share_keys(p: Plan, configs: Mapping[str, Config], device: str) -> dict[str, str]:
+    """Share keys when the sweep may use a cache or a cell asks for one ({} otherwise: the
+    naive sweep does not build encoders here)."""
+    if p.feature_cache or any(c.features.enabled for c in configs.values()):
+        return feature_job.share_keys(configs, device)
+    return {}
+
+
+def _tasks(cfg: Config) -> int:
+    s = cfg.launch.slurm
+    return s.nodes * (s.tasks_per_node or s.gpus_per_node or 1)
+
+
+def _submit_features(p: Plan, cfg: Config, folder: Path) -> Any:
+    """Submit the feature job: one job with a cell's resources (its tasks are the DDP ranks)."""
+    executor = make_executor(p, folder)
+    executor.update_parameters(name=f"{p.cfg.launch.job_name}{FEATURE_JOB_SUFFIX}")
+    return executor.submit(feature_job.FeatureJob.of(cfg))
+
+
+def after(params: Mapping[str, Any], job_id: str) -> dict[str, Any]:
+    """Executor parameters of jobs that start once job `job_id` has ended well (submitit's
+    `slurm_dependency`, kept together with a dependency of the user's own `additional`); cells
+    whose feature job failed are cancelled by SLURM instead of waiting for ever."""
+    out = dict(params)
+    extra = dict(out.get("slurm_additional_parameters") or {})
+    own = str(extra.pop("dependency", "") or "")
+    out["slurm_dependency"] = ",".join(x for x in (own, f"afterok:{job_id}") if x)
+    if not {"kill-on-invalid-dep", "kill_on_invalid_dep"} & set(extra):
+        extra["kill-on-invalid-dep"] = "yes"
+    out["slurm_additional_parameters"] = extra
+    return out
+
+
+def _wait_features(job: Any, out) -> bool:
+    """Wait for a local feature job; False (its error printed) if it failed."""
+    out(f"building the feature cache here first (pid {job.job_id}); logs in "
+        f"{Path(job.paths.stdout).parent}")
+    started = time.monotonic()
+    try:
+        while not job.done():
+            time.sleep(0.5)
+    finally:  # Ctrl-C: stop it now, not at interpreter exit
+        if not job.done():
+            job.cancel(check=False)
+    try:
+        job.result()
+    except Exception:  # the job's own error: its last line and the log's path
+        out(f"  feature job FAILED: {_last_error(job.paths.stderr)} (log: {job.paths.stderr}); "
+            f"no cell started")
+        return False
+    out(f"  feature cache built in {time.monotonic() - started:.0f} s")
+    return True
 
 
 def _tag_job(tracking: Tracking, run_id: str, job_id: str, kind: str) -> None:
@@ -556,7 +655,7 @@ def _run_local(executor: submitit.AutoExecutor, cells: Sequence[Cell], calls: Se
                 result["submitted"][cell.name] = job.job_id
                 out(f"  started cell {cell.name}  {_values(cell)}  (pid {job.job_id})")
                 running.append((cell, job))
-            time.sleep(1.0)
+            time.sleep(0.25)  # a finished cell frees its slot soon (fixed cost per cell)
             for cell, job in list(running):
                 if not job.done():
                     continue
@@ -732,7 +831,37 @@ def dry_run(p: Plan, out=print) -> None:
     tasks = s.tasks_per_node or s.gpus_per_node or 1
     out(f"each cell: {s.nodes} node(s) × {tasks} task(s) = {s.nodes * tasks} DDP process(es), "
         f"runs in {p.root / 'cells'}/<cell>, MLflow {p.uri} experiment '{p.experiment}'")
+    features = dry_run_features(p)
+    out(features.reason)
     out("sbatch parameters of the array" + ("" if p.executor == "slurm" else
                                             " (were it sent to SLURM)") + ":")
-    for line in sbatch_preview(p).splitlines():
+    for line in sbatch_preview(p, "FEATURE_JOB" if features.build else "").splitlines():
         out(f"  {line}")
+
+
+def dry_run_features(p: Plan) -> feature_job.FeaturePlan:
+    """What launching would do about the feature cache, were every cell to run; reads what is
+    there, makes nothing (generated data not made yet counts as no cache)."""
+    from meshrec.data.demo import existing_shards
+
+    sweep_builds = p.feature_cache and all(c.config.model.freeze_encoder for c in p.cells)
+    asked = any(c.config.features.enabled for c in p.cells)
+    if not (sweep_builds or asked):  # decided by the configs alone
+        return feature_job.decide({c.name: c.config for c in p.cells}, {}, p.feature_cache)
+    shards = {c.name: existing_shards(c.config) for c in p.cells}
+    if not all(shards.values()):
+        if not sweep_builds:
+            raise MeshrecError("features.enabled=true in a cell, but its generated data (and so "
+                               "its feature cache) is not made yet, and this sweep builds no "
+                               "cache: run `meshrec features` first")
+        return feature_job.FeaturePlan(True, p.cfg, "", "feature cache: a feature job would run "
+                                       "before the cells (no shards here yet to check a cache "
+                                       "against: generated data is made at launch)")
+    configs = {c.name: job_config(p, c, str(shards[c.name])) for c in p.cells}
+    device, checkable = feature_job.job_device(p.cfg, p.executor)
+    plan_ = feature_job.decide(configs, feature_job.share_keys(configs, device), p.feature_cache,
+                               device, checkable)
+    if plan_.build is not None:
+        return dataclasses.replace(plan_, reason=plan_.reason.replace(
+            "one feature job builds", "one feature job would build"))
+    return plan_

@@ -1,0 +1,295 @@
+"""The sweep and the frozen-encoder feature cache: when cells share a frozen encoder the sweep
+builds one cache first (one feature job; on SLURM the cell array depends on it) and the cells
+train from it; a complete cache is reused without a job; `--no-feature-cache` keeps the cells
+as written. Real SLURM (`slurm_cluster`), real MLflow, tiny cells (ResNet-18 from random init,
+32 px crops of a few generated frames, one epoch)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from meshrec import features
+from meshrec.config import with_overrides
+from meshrec.errors import MeshrecError
+from meshrec.launch import feature_job
+from meshrec.launch import sweep as sweep_mod
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = [sys.executable, str(REPO / "launch" / "sweep.py")]
+DEADLINE_S = 900  # the machine is shared: tiny jobs can still take minutes
+FROZEN = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=true",
+          "data.augment.enabled=false", "model.hidden=64", "data.image_size=32",
+          "data.batch_size=8", "eval.batch_size=8", "data.synth.frames_per_subject=2",
+          "data.synth.size=32", "data.backend=torch", "data.num_threads=1", "train.epochs=1",
+          "train.checkpoint_every=0", "track.overlays=0", "train.device=cpu",
+          "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=2",
+          "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Stand-in body and generated shards (made on first use), shared by the module's cells."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump({"defaults": [str(REPO / "configs" / "base.yaml")],
+                                    "grid": grid}))
+    return path
+
+
+def settings(tmp: Path, cache: Path, name: str, *more: str) -> list[str]:
+    return [*FROZEN, f"body.cache_dir={cache}", f"features.dir={tmp / 'features'}",
+            f"train.output_dir={tmp / 'runs'}", f"launch.log_dir={tmp / 'logs'}",
+            f"launch.job_name={name}", f"track.experiment={name}", *more]
+
+
+def cli(grid: Path, args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*SWEEP, "--grid", str(grid), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def job_configs(grid: Path, args: list[str], local: bool = False) -> dict:
+    """The cells' job configs as the sweep makes them (shards resolved, data generated)."""
+    p = sweep_mod.plan(grid, args, local=local)
+    shards = sweep_mod.preflight_all(p)
+    return {c.name: sweep_mod.job_config(p, c, shards[c.name]) for c in p.cells}
+
+
+# ------------------------------------------------------------------ no cluster needed
+
+def test_after_adds_afterok_to_the_users_dependency_and_cancels_on_failure():
+    params = {"name": "x", "slurm_additional_parameters": {"dependency": "afterany:7",
+                                                           "mail-type": "END"}}
+    out = sweep_mod.after(params, "123")
+    assert out["slurm_dependency"] == "afterany:7,afterok:123"
+    assert out["slurm_additional_parameters"] == {"mail-type": "END", "kill-on-invalid-dep": "yes"}
+    assert params["slurm_additional_parameters"]["dependency"] == "afterany:7"  # not modified
+    plain = sweep_mod.after({"name": "x"}, "9")
+    assert plain["slurm_dependency"] == "afterok:9"
+    kept = sweep_mod.after({"slurm_additional_parameters": {"kill_on_invalid_dep": "no"}}, "9")
+    assert kept["slurm_additional_parameters"] == {"kill_on_invalid_dep": "no"}
+
+
+def test_decide_uses_one_cache_only_for_frozen_cells_that_share_it(tmp_path, cache):
+    frozen = write_grid(tmp_path / "frozen.yaml", {"loss.w_body": [0.0, 1.0]})
+    args = settings(tmp_path, cache, "decide")
+    configs = job_configs(frozen, args)
+    keys = feature_job.share_keys(configs)
+    assert len(set(keys.values())) == 1 and set(keys) == set(configs)
+
+    plan = feature_job.decide(configs, keys)
+    assert plan.use and plan.build is not None and "none yet" in plan.reason
+    assert plan.cache == str(tmp_path / "features")
+    switched = plan.cells(configs)
+    assert all(c.features.enabled for c in switched.values())
+    assert not any(c.features.enabled for c in configs.values())  # inputs left alone
+
+    off = feature_job.decide(configs, keys, use_cache=False)
+    assert (off.use, off.build) == (False, None) and "--no-feature-cache" in off.reason
+    assert off.cells(configs) == configs
+
+    # Cells whose encoders differ (random init from another seed) cannot share one cache.
+    seeds = write_grid(tmp_path / "seeds.yaml", {"train.seed": [0, 1]})
+    configs2 = job_configs(seeds, args)
+    keys2 = feature_job.share_keys(configs2)
+    assert len(set(keys2.values())) == 2
+    apart = feature_job.decide(configs2, keys2)
+    assert not apart.use and "2 different inputs" in apart.reason
+
+    # A fine-tuned encoder has no cache.
+    tuned = write_grid(tmp_path / "tuned.yaml", {"model.freeze_encoder": [True, False]})
+    configs3 = job_configs(tuned, args)
+    mixed = feature_job.decide(configs3, feature_job.share_keys(configs3))
+    assert not mixed.use and "1 of 2 cell(s) train their encoder" in mixed.reason
+
+
+def test_cells_asking_for_a_cache_nobody_builds_are_refused(tmp_path, cache):
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
+    configs = job_configs(grid, settings(tmp_path, cache, "own", "features.enabled=true"))
+    keys = feature_job.share_keys(configs)
+    with pytest.raises(MeshrecError, match=r"features.enabled=true but no feature cache at"):
+        feature_job.decide(configs, keys, use_cache=False)
+    assert feature_job.decide(configs, keys).build is not None  # the sweep would build it
+
+
+def test_dry_run_says_whether_a_feature_job_would_run_and_writes_nothing(tmp_path, cache):
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
+    # Data not generated yet (a fresh cache directory): a job would build the features.
+    fresh = tmp_path / "fresh-cache"
+    lines: list[str] = []
+    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, fresh, "dry")), lines.append)
+    text = "\n".join(lines)
+    assert "feature job would run before the cells" in text
+    assert "#SBATCH --dependency=afterok:FEATURE_JOB" in text
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text
+    for flag, word in (("--no-feature-cache", "off (--no-feature-cache)"),):
+        done = cli(grid, [*settings(tmp_path, fresh, "dry"), "--dry-run", flag], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert word in done.stdout and "--dependency" not in done.stdout
+    lines.clear()
+    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, fresh, "dry",
+                                                    "model.freeze_encoder=false")), lines.append)
+    assert any("not used (2 of 2 cell(s) train their encoder" in l for l in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # nothing made
+
+    # Generated data there (the module's cache), no features yet: a job "would build" them.
+    job_configs(grid, settings(tmp_path, cache, "dry"))
+    lines.clear()
+    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, cache, "dry")), lines.append)
+    assert any(f"none yet in {tmp_path / 'features'}" in l for l in lines), lines
+
+
+@pytest.mark.slow
+def test_local_sweep_builds_the_cache_once_and_a_later_sweep_reuses_it(mlflow_server, tmp_path,
+                                                                       cache):
+    name = f"flocal-{uuid.uuid4().hex[:8]}"
+    args = [*settings(tmp_path, cache, name, f"track.uri={mlflow_server}",
+                      "launch.slurm.tasks_per_node=1"), "--local"]
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
+    first = cli(grid, args, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = first.stdout
+    assert out.count("building the feature cache here first") == 1
+    assert "feature cache built in" in out
+    # The cells started after the cache was built.
+    assert out.index("feature cache built in") < out.index("started cell")
+    assert out.count("finished: val_pve_mm=") == 2
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    cells = [r for r in runs if "meshrec.cell" in r.data.tags]
+    assert len(cells) == 2
+    for run in cells:
+        assert run.data.tags["meshrec.done"] == "true"
+        assert run.data.params["features.enabled"] == "true"
+    parent = next(r for r in runs if r.data.tags.get("meshrec.role") == "sweep")
+    assert parent.data.tags["meshrec.feature_job"]
+    cfg = with_overrides(next(iter(job_configs(grid, args[:-1], local=True).values())),
+                         ["features.enabled=true"])
+    assert features.check(cfg) is None  # complete, matching the cells' configs
+
+    # Another sweep over the same data and encoder: the cache is found again, no feature job.
+    grid2 = write_grid(tmp_path / "grid2.yaml", {"loss.w_body": [0.5]})
+    second = cli(grid2, args, tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "reusing the complete cache" in second.stdout
+    assert "building the feature cache" not in second.stdout
+    assert second.stdout.count("finished: val_pve_mm=") == 1
+
+    # --no-feature-cache: the cell trains from images.
+    grid3 = write_grid(tmp_path / "grid3.yaml", {"loss.w_body": [0.25]})
+    third = cli(grid3, [*args, "--no-feature-cache"], tmp_path)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "feature cache: off" in third.stdout and "building the feature" not in third.stdout
+    (run,) = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("grid.loss.w_body") == "0.25"]
+    assert run.data.params["features.enabled"] == "false"
+    assert run.data.tags["meshrec.done"] == "true"
+
+
+# ------------------------------------------------------------------ real SLURM
+
+def sacct(*args: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", "now-6hours", *args],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def in_queue(*names: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", ",".join(names), "-o", "%i"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return out.split()
+
+
+def wait_ended(names: tuple[str, ...], seconds: float = DEADLINE_S) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while in_queue(*names):
+        if time.monotonic() > deadline:
+            for name in names:
+                subprocess.run(["scancel", "-n", name], check=False)
+            pytest.fail(f"jobs {names} still queued after {seconds:.0f} s")
+        time.sleep(2)
+
+
+def stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
+        slurm_cluster, mlflow_server, tmp_path, cache):
+    name = f"fslurm-{uuid.uuid4().hex[:8]}"
+    feature_name = name + sweep_mod.FEATURE_JOB_SUFFIX
+    # Submitted held, so the dependency can be read back before anything runs.
+    args = settings(tmp_path, cache, name, f"track.uri={mlflow_server}", "launch.executor=slurm",
+                    f"launch.slurm.partition={slurm_cluster.partition}",
+                    "launch.slurm.additional={hold: true}")
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
+    try:
+        first = cli(grid, args, tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+        feature_id = re.search(r"submitted feature job (\d+)", first.stdout).group(1)
+        array_id = re.search(r"submitted 2 cell\(s\) as SLURM job array (\d+)",
+                             first.stdout).group(1)
+        assert [row[0] for row in sacct("--name", feature_name, "-o", "JobID")] == [feature_id]
+        shown = subprocess.run(["scontrol", "-o", "show", "job", array_id], capture_output=True,
+                               text=True, check=True, timeout=30).stdout
+        deps = re.findall(r"Dependency=(\S+)", shown)
+        assert deps and all(re.fullmatch(rf"afterok:{feature_id}(_\*)?\(unfulfilled\)", d)
+                            for d in deps), shown
+        subprocess.run(["scontrol", "release", feature_id, array_id], check=True, timeout=30)
+        wait_ended((name, feature_name))
+    finally:
+        subprocess.run(["scancel", "-n", f"{name},{feature_name}"], check=False)
+
+    (feature,) = sacct("--name", feature_name, "-o", "JobID,State,Start,End")
+    assert feature[:2] == [feature_id, "COMPLETED"], feature
+    cells = sacct("--name", name, "-o", "JobID,State,Start,End")
+    assert len(cells) == 2 and {c[1] for c in cells} == {"COMPLETED"}, cells
+    for _, _, start, _ in cells:
+        assert stamp(start) >= stamp(feature[3])  # every cell started after the feature job
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    done = [r for r in runs if "meshrec.cell" in r.data.tags]
+    assert len(done) == 2
+    for run in done:
+        assert run.data.tags["meshrec.done"] == "true"
+        assert run.data.tags["world_size"] == "2"
+        assert run.data.params["features.enabled"] == "true"
+    parent = next(r for r in runs if r.data.tags.get("meshrec.role") == "sweep")
+    assert parent.data.tags["meshrec.feature_job"] == feature_id
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*_log.out"))
+    assert "on 2 × cpu" in logs  # the cells ran as 2-task DDP jobs, and so did the feature job:
+    assert features.read_manifest(tmp_path / "features")["built"]["ranks"] == 2
+
+    # Re-running the sweep (with one more cell) reuses the cache: no second feature job.
+    grid2 = write_grid(tmp_path / "grid2.yaml", {"loss.w_body": [0.0, 1.0, 0.5]})
+    plain = [a for a in args if not a.startswith("launch.slurm.additional")]
+    try:
+        again = cli(grid2, plain, tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "reusing the complete cache" in again.stdout
+        assert "submitted feature job" not in again.stdout
+        assert "submitted 1 cell(s)" in again.stdout
+        wait_ended((name, feature_name))
+    finally:
+        subprocess.run(["scancel", "-n", f"{name},{feature_name}"], check=False)
+    assert len(sacct("--name", feature_name, "-o", "JobID")) == 1
+    states = [c[1] for c in sacct("--name", name, "-o", "JobID,State")]
+    assert states == ["COMPLETED"] * 3, states

@@ -11,6 +11,7 @@ from meshrec.errors import report_errors
 def build_parser() -> argparse.ArgumentParser:
     from meshrec import config_commands
     from meshrec.body import commands as body_commands
+    from meshrec.features import commands as feature_commands
     from meshrec.train import commands as train_commands
 
     parser = argparse.ArgumentParser(
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     body_commands.register(sub)
     config_commands.register(sub)
     train_commands.register(sub)
+    feature_commands.register(sub)
     return parser
 
 

@@ -1,6 +1,8 @@
 """What both loaders yield: a dict per batch (all tensors on the loader's device).
 
     image    (B, 3, S, S) ImageNet-normalised; float16 on GPU, float32 on CPU
+    features (B, D) float32 cached frozen-encoder features, instead of `image`
+             (meshrec.features: a feature cache's batches)
     params   (B, 82|85) float32 SMPL parameters (meshrec.body.params), following the image:
              rotated with it and mirrored where `flipped`
     joints   (B, 24, 4) float32 camera-frame joints + confidence, same treatment (when packed)
@@ -35,3 +37,8 @@ def finish(image: torch.Tensor, params: torch.Tensor, joints: Optional[torch.Ten
     if joints is not None:
         batch["joints"] = joints
     return batch
+
+
+def model_input(batch: Batch) -> torch.Tensor:
+    """What the model takes: cached features when the batch has them, else the image."""
+    return batch["features"] if "features" in batch else batch["image"]

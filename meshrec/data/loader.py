@@ -56,12 +56,19 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     Training splits are shuffled and augmented (data.augment); val/test are centre crops, each
     sample exactly once over all ranks. `len()` is the number of batches per epoch, equal on
     every rank. `state` (from `loader.state_dict()` after k batches) resumes mid-epoch.
+    With `features.enabled` the batches come from the feature cache (`features`, no `image`).
     """
     if not 0 <= rank < world_size:
         raise MeshrecError(f"rank {rank} is outside world size {world_size}")
     device = torch.device(device)
     train = split == "train"
     subjects = shardset.split_subjects(cfg, split)
+    if cfg.features.enabled:  # cached frozen-encoder features instead of images
+        from meshrec.features.loader import FeatureLoader
+
+        batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
+                           "data.batch_size" if train else "eval.batch_size")
+        return FeatureLoader(cfg, split, subjects, batch, rank, world_size, device, state)
     root = shardset.shard_dir(cfg)
     manifest = shardset.load_manifest(root)
     shards = shardset.select(root, manifest, subjects)

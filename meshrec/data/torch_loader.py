@@ -168,7 +168,11 @@ class TorchLoader:
             self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
                                       num_workers=self.cfg.data.num_threads, persistent_workers=True,
                                       pin_memory=self.device.type == "cuda", prefetch_factor=4,
-                                      multiprocessing_context=_worker_context())
+                                      multiprocessing_context=_worker_context(),
+                                      # its worker seed drawn from here, not from the
+                                      # training RNG (dropout draws stay the same with a
+                                      # feature cache, which starts no workers)
+                                      generator=torch.Generator().manual_seed(self.cfg.data.seed))
         for raw in self._loader:
             self.position += 1
             self.skipped += len(raw["skipped"])

@@ -32,8 +32,12 @@ class MeshRegressor(nn.Module):
         self.encoder = encoder
         self.head = head
 
-    def forward(self, image: Tensor) -> Prediction:
-        return self.forward_features(self.encoder(image))
+    def forward(self, x: Tensor) -> Prediction:
+        """x: images [B, 3, S, S], or cached encoder features [B, D] (meshrec.features), which
+        skip the encoder; one entry point so DDP wraps both."""
+        if x.dim() == 2:
+            return self.forward_features(x)
+        return self.forward_features(self.encoder(x))
 
     def forward_features(self, features: Tensor) -> Prediction:
         """The head alone, for training from cached frozen-encoder features."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from meshrec import metrics
 from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
+from meshrec.data.batch import model_input
 
 NAMES = ("mse", "pve_mm", "mpjpe_mm", "pa_mpjpe_mm")
 
@@ -105,7 +106,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], body, joints: Join
             continue
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            pred = last_params(model(batch["image"]))
+            pred = last_params(model(model_input(batch)))
         true_v, true_j = body_points(body, batch["params"].float(), joints)
         pred_v, pred_j = body_points(body, pred, joints)
         base_v, base_j = body_points(body, mean.expand(len(batch["key"]), -1), joints)

@@ -39,6 +39,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from meshrec.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from meshrec.data.batch import model_input
 from meshrec.errors import MeshrecError
 
 log = logging.getLogger("meshrec.train")
@@ -169,6 +170,12 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     core = build_model(cfg, mean).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
+    if cfg.features.enabled:
+        from meshrec import features
+
+        if features.state_sha256(core.encoder) != features.encoder_sha256(cfg):
+            raise MeshrecError("features: this run's encoder differs from the one the feature "
+                               "cache identity assumes; rebuild the cache with `meshrec features`")
     model: nn.Module = core
     if env.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -286,12 +293,12 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
 
     cfg = run.cfg
     parts = cfg.optim.accumulate
-    n = batch["image"].shape[0]
+    image = model_input(batch)
+    n = image.shape[0]
     if n % parts:
         raise MeshrecError(f"rank batch {n} does not split into optim.accumulate={parts} parts")
     size = n // parts
-    image = batch["image"]
-    if run.env.device.type == "cuda" and cfg.train.channels_last:
+    if run.env.device.type == "cuda" and cfg.train.channels_last and image.dim() == 4:
         image = image.contiguous(memory_format=torch.channels_last)
     run.optimizer.zero_grad(set_to_none=True)
     # BatchNorm running statistics change in the forward pass: kept to undo a bad step.
@@ -301,13 +308,12 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     for k in range(parts):
         micro = {key: (v[k * size:(k + 1) * size] if torch.is_tensor(v) or isinstance(v, list)
                        else v) for key, v in batch.items()}
-        micro["image"] = image[k * size:(k + 1) * size]
         last = k == parts - 1
         sync = run.model.no_sync() if (not last and hasattr(run.model, "no_sync")) else _null()
         with sync:
             with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
                                 enabled=run.amp is not None):
-                pred = run.model(micro["image"])
+                pred = run.model(image[k * size:(k + 1) * size])
             loss, micro_terms = compute_loss(pred, micro, run.body, cfg)
             run.scaler.scale(loss.float() / parts).backward()
         total = total + loss.detach().float() / parts
@@ -375,8 +381,10 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
 def overlay_pictures(run: Run, loader: Any, count: int) -> list[tuple[str, np.ndarray]]:
     from meshrec.train import evaluate, visual
 
-    run.core.eval()
     batch = next(iter(loader))
+    if "image" not in batch:  # a feature cache holds no pixels to draw on
+        return []
+    run.core.eval()
     n = min(count, len(batch["key"]))
     with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
                         enabled=run.amp is not None):

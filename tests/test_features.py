@@ -1,0 +1,152 @@
+"""The frozen-encoder feature cache on generated shards: building it (one and two ranks),
+training from it against training from images, and refusing caches that do not fit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshrec import features as fc
+from meshrec.errors import MeshrecError
+from tests.test_train import ROOT, cache, tiny, tiny_args  # noqa: F401  (session fixture)
+
+FROZEN = ("model.freeze_encoder=true", "data.augment.enabled=false", "data.train_subjects=[S1,S5]")
+
+
+def built(cache: Path, tmp_path: Path, *more: str) -> tuple:
+    from meshrec.data.demo import with_shards
+    from meshrec.features.build import run_features
+
+    cfg = with_shards(tiny(cache, tmp_path / "unused", *FROZEN, *more))
+    return cfg, run_features(cfg)
+
+
+def test_cache_covers_every_crop_once_with_the_labels_of_the_shards(cache, tmp_path):
+    from meshrec.data import build_loader
+    from meshrec.features.loader import shard_keys
+
+    cfg, root = built(cache, tmp_path, f"features.dir={tmp_path / 'fc'}")
+    assert fc.check(cfg) is None
+    manifest = fc.read_manifest(root)
+    assert manifest["views"] == [fc.CENTRE]
+    assert manifest["identity"]["encoder_sha256"] == fc.encoder_sha256(cfg)
+    with np.load(root / fc.PARTS / manifest["parts"][0]["file"]) as z:
+        keys, feats, params = list(z["key"]), z["features"], z["params"]
+    assert feats.dtype == np.float16 and feats.shape == (len(keys), 512)  # resnet18
+    assert sorted(keys) == sorted(shard_keys(cfg, tuple(fc.subjects(cfg))))  # each exactly once
+    images = {k: p for b in build_loader(cfg, "val") for k, p in zip(b["key"], b["params"].numpy())}
+    for key, row in zip(keys, params):
+        if key in images:
+            assert np.array_equal(row, images[key])
+
+
+def test_training_from_the_cache_equals_training_from_images(cache, tmp_path):
+    from meshrec.train.loop import train
+
+    more = ("train.epochs=2", "model.dropout=0.5")  # dropout: the RNG draws must match too
+    images = train(tiny(cache, tmp_path / "images", *FROZEN, *more))
+    built(cache, tmp_path, *more)
+    cached = train(tiny(cache, tmp_path / "cached", *FROZEN, *more, "features.enabled=true"))
+    other = train(tiny(cache, tmp_path / "seed", *FROZEN, *more, "features.enabled=true",
+                       "data.seed=1"))
+    assert cached["steps"] == images["steps"] == 8
+    for name in ("val_mse", "val_pve_mm", "val_pa_mpjpe_mm"):
+        close = abs(cached[name] - images[name]) / abs(images[name])
+        apart = abs(other[name] - images[name]) / abs(images[name])
+        # float16 features: the same batches and dropout draws, rounding apart only
+        assert close < 2e-3, (name, images[name], cached[name])
+        assert apart > 10 * close, (name, apart, close)  # another sample order is farther
+
+
+def test_a_missing_or_stale_cache_is_refused_with_what_differs(cache, tmp_path):
+    from meshrec.data.demo import with_shards
+    from meshrec.train.loop import train
+
+    where = f"features.dir={tmp_path / 'fc'}"
+    with pytest.raises(MeshrecError, match="no feature cache at"):
+        train(tiny(cache, tmp_path / "a", *FROZEN, where, "features.enabled=true"))
+    built(cache, tmp_path, where)
+    with pytest.raises(MeshrecError, match=r"stale: .*encoder resnet18 \(cache\) != resnet34"):
+        train(tiny(cache, tmp_path / "b", *FROZEN, where, "features.enabled=true",
+                   "model.encoder=resnet34"))
+    # Other shards (another generated set) under the same cache directory.
+    other = with_shards(tiny(cache, tmp_path, "data.synth.seed=1"))
+    with pytest.raises(MeshrecError, match="stale: .*shards_manifest_sha256"):
+        train(tiny(cache, tmp_path / "c", *FROZEN, where, "features.enabled=true",
+                   f"data.shards={other.data.shards}"))
+    with pytest.raises(MeshrecError, match="stale: .*subjects lacks S11"):
+        train(tiny(cache, tmp_path / "d", *FROZEN, where, "features.enabled=true",
+                   "eval.subjects=[S11]"))
+
+
+def test_shards_repacked_in_place_make_the_default_cache_stale(cache, tmp_path):
+    from meshrec.data.demo import with_shards
+
+    first = with_shards(tiny(cache, tmp_path, *FROZEN)).data.shards
+    second = with_shards(tiny(cache, tmp_path, "data.synth.seed=1")).data.shards
+    shards = tmp_path / "data" / "shards"
+    shutil.copytree(first, shards)
+    cfg, root = built(cache, tmp_path, f"data.shards={shards}")
+    assert root.parent == tmp_path / "data" / "features"  # next to the shards
+    assert fc.check(cfg) is None
+    shutil.rmtree(shards)
+    shutil.copytree(second, shards)  # the same path, other contents
+    assert "shards_manifest_sha256" in fc.check(cfg)
+    _, again = built(cache, tmp_path, f"data.shards={shards}")  # the builder rebuilds it
+    assert again == root and fc.check(cfg) is None
+
+
+def test_augmented_views_are_epochs_of_the_training_loader(cache, tmp_path):
+    from meshrec.data import build_loader
+
+    aug = ("data.augment.enabled=true", "features.views=2", f"features.dir={tmp_path / 'fc'}")
+    cfg, root = built(cache, tmp_path, *aug)
+    manifest = fc.read_manifest(root)
+    assert manifest["views"] == [fc.CENTRE, "train-0", "train-1"]
+    loader = build_loader(tiny(cache, tmp_path, *FROZEN, *aug, "features.enabled=true",
+                               f"data.shards={cfg.data.shards}"), "train")
+    first, second = list(loader), list(loader)
+    by_key = [{k: (f, a) for b in epoch for k, f, a in zip(b["key"], b["features"], b["aug"])}
+              for epoch in (first, second)]
+    shared = set(by_key[0]) & set(by_key[1])
+    assert shared
+    assert all(not np.array_equal(by_key[0][k][1], by_key[1][k][1]) for k in shared)  # new draws
+    assert any(b["flipped"].any() for b in first)
+
+
+@pytest.mark.slow
+def test_two_ranks_build_one_cache_and_the_command_reuses_it(cache, tmp_path):
+    from meshrec.data.demo import with_shards
+    from meshrec.features.loader import shard_keys
+
+    args = [*tiny_args(cache, tmp_path / "unused", *FROZEN), f"features.dir={tmp_path / 'fc'}"]
+    cmd = [sys.executable, "-m", "meshrec.cli", "features", "--config", str(ROOT / "configs" / "demo.yaml")]
+    first = subprocess.run([*cmd, *args, "train.processes=2"], capture_output=True, text=True,
+                           timeout=600, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    manifest = fc.read_manifest(tmp_path / "fc")
+    assert manifest["built"]["ranks"] == 2
+    keys = []
+    for part in manifest["parts"]:
+        with np.load(tmp_path / "fc" / fc.PARTS / part["file"]) as z:
+            keys += list(z["key"])
+    cfg = with_shards(tiny(cache, tmp_path, *FROZEN))
+    assert sorted(keys) == sorted(shard_keys(cfg, tuple(fc.subjects(cfg))))  # no duplicates
+    again = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["dir"] == str(tmp_path / "fc")
+    assert fc.read_manifest(tmp_path / "fc")["built"] == manifest["built"]  # found, not rebuilt
+
+
+def test_features_command_refuses_a_trained_encoder_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "meshrec.cli", "features", "--config",
+                          str(ROOT / "configs" / "demo.yaml"), "model.freeze_encoder=false"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "freeze_encoder" in out.stderr

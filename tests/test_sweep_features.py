@@ -218,10 +218,14 @@ def wait_ended(names: tuple[str, ...], seconds: float = DEADLINE_S) -> None:
     deadline = time.monotonic() + seconds
     while in_queue(*names):
         if time.monotonic() > deadline:
-            for name in names:
-                subprocess.run(["scancel", "-n", name], check=False)
+            cancel(*names)
             pytest.fail(f"jobs {names} still queued after {seconds:.0f} s")
         time.sleep(2)
+
+
+def cancel(*names: str) -> None:
+    for name in names:  # scancel takes one name
+        subprocess.run(["scancel", "-n", name], check=False, timeout=30)
 
 
 def stamp(text: str) -> datetime:
@@ -234,10 +238,10 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         slurm_cluster, mlflow_server, tmp_path, cache):
     name = f"fslurm-{uuid.uuid4().hex[:8]}"
     feature_name = name + sweep_mod.FEATURE_JOB_SUFFIX
-    # Submitted held, so the dependency can be read back before anything runs.
+    # Submitted to begin in 10 minutes, so the dependency is read back before anything runs.
     args = settings(tmp_path, cache, name, f"track.uri={mlflow_server}", "launch.executor=slurm",
                     f"launch.slurm.partition={slurm_cluster.partition}",
-                    "launch.slurm.additional={hold: true}")
+                    "launch.slurm.additional={begin: now+600}")
     grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
     try:
         first = cli(grid, args, tmp_path)
@@ -245,16 +249,18 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         feature_id = re.search(r"submitted feature job (\d+)", first.stdout).group(1)
         array_id = re.search(r"submitted 2 cell\(s\) as SLURM job array (\d+)",
                              first.stdout).group(1)
-        assert [row[0] for row in sacct("--name", feature_name, "-o", "JobID")] == [feature_id]
+        assert in_queue(feature_name) == [feature_id]
         shown = subprocess.run(["scontrol", "-o", "show", "job", array_id], capture_output=True,
                                text=True, check=True, timeout=30).stdout
         deps = re.findall(r"Dependency=(\S+)", shown)
         assert deps and all(re.fullmatch(rf"afterok:{feature_id}(_\*)?\(unfulfilled\)", d)
                             for d in deps), shown
-        subprocess.run(["scontrol", "release", feature_id, array_id], check=True, timeout=30)
+        for job in (feature_id, array_id):
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
+                           timeout=30)
         wait_ended((name, feature_name))
     finally:
-        subprocess.run(["scancel", "-n", f"{name},{feature_name}"], check=False)
+        cancel(name, feature_name)
 
     (feature,) = sacct("--name", feature_name, "-o", "JobID,State,Start,End")
     assert feature[:2] == [feature_id, "COMPLETED"], feature
@@ -289,7 +295,7 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         assert "submitted 1 cell(s)" in again.stdout
         wait_ended((name, feature_name))
     finally:
-        subprocess.run(["scancel", "-n", f"{name},{feature_name}"], check=False)
+        cancel(name, feature_name)
     assert len(sacct("--name", feature_name, "-o", "JobID")) == 1
     states = [c[1] for c in sacct("--name", name, "-o", "JobID,State")]
     assert states == ["COMPLETED"] * 3, states

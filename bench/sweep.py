@@ -6,8 +6,10 @@ Usage: python bench/sweep.py [--encoder resnet152] [--image-size 224] [--frames 
 The same 8-cell grid (loss.w_body × loss.w_shape × loss.type) over configs/study.yaml (frozen
 ResNet-152 at 224 px, iterative head, Adam, no augmentation), on generated Human3.6M-like data
 (stand-in body; `--frames` frames × 4 cameras per subject: train S1 S5 S6, validate S7 S8 every
-epoch), random-init encoder weights (`model.weights=none`: no download; speed does not depend on
-the weights). Every sweep is `launch/sweep.py --local` as a user without SLURM runs it: submitit's
+epoch). Encoder weights: ImageNet's cannot be downloaded here, and a random-init ResNet-152 in
+eval mode puts out features of ~1e8 (beyond float16, and no network one would train from), so the
+bench calibrates a random init's BatchNorm statistics on a few batches of the training crops and
+saves that file (`model.weights=<file>`): features of ImageNet-like size, the same compute. Every sweep is `launch/sweep.py --local` as a user without SLURM runs it: submitit's
 local executor, one cell at a time, each cell one process with `--threads` CPU threads, its own
 MLflow SQLite store. Runs, in this order:
 
@@ -89,9 +91,14 @@ def grid_file(work: Path) -> Path:
     return path
 
 
+def weights_file(args: argparse.Namespace, work: Path) -> Path:
+    return work / f"{args.encoder}-bnstats-seed0.pt"
+
+
 def overrides(args: argparse.Namespace, work: Path, run: str, epochs: int) -> list[str]:
     out = work / run
-    return [f"model.encoder={args.encoder}", "model.weights=none", "model.freeze_encoder=true",
+    return [f"model.encoder={args.encoder}", f"model.weights={weights_file(args, work)}",
+            "model.freeze_encoder=true",
             f"data.image_size={args.image_size}", "data.shards=", "data.augment.enabled=false",
             f"data.synth.frames_per_subject={args.frames}", f"data.synth.size={args.crop}",
             "data.backend=torch", "data.num_threads=1", f"data.batch_size={args.batch}",
@@ -104,16 +111,51 @@ def overrides(args: argparse.Namespace, work: Path, run: str, epochs: int) -> li
             f"launch.slurm.cpus_per_task={args.threads}", "launch.slurm.array_parallelism=1"]
 
 
+def calibrate(cfg, path: Path, batches: int = 2) -> float:
+    """Save a random init (seed 0) of cfg's encoder whose BatchNorm running statistics are the
+    averages over `batches` training batches; return the largest |feature| it then gives."""
+    import torch
+    from torch import nn
+
+    from meshrec.data import build_loader
+    from meshrec.model.encoder import ARCHS
+
+    torch.manual_seed(0)
+    net = ARCHS[cfg.model.encoder].build(weights=None)
+    net.fc = nn.Identity()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    loader = build_loader(cfg, "train")
+    images = [b["image"] for _, b in zip(range(batches), loader)]
+    net.train()
+    with torch.no_grad():
+        for image in images:
+            net(image)
+        net.eval()
+        largest = float(net(images[0]).abs().max())
+    torch.save({k: v for k, v in net.state_dict().items()}, path)
+    return largest
+
+
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
-    """Generate the data (not timed); return the grid file and the feature cache directory."""
+    """Generate the data and the encoder weights (not timed); return the grid file and the
+    feature cache directory."""
     from meshrec import features
+    from meshrec.config import with_overrides
     from meshrec.data.demo import with_shards
     from meshrec.launch.grid import load_sweep
 
     grid = grid_file(work)
-    sweep = load_sweep(grid, overrides(args, work, "prepare", 1))
+    weights = weights_file(args, work)
+    plain = [o for o in overrides(args, work, "prepare", 1) if not o.startswith("model.weights=")]
+    sweep = load_sweep(grid, [*plain, "model.weights=none"])
     assert len(sweep.cells) == 8
     cfg = with_shards(sweep.base, progress=sys.stderr.isatty())
+    if not weights.is_file():
+        largest = calibrate(cfg, weights)
+        print(f"encoder weights: {weights} (largest feature {largest:.3g})", flush=True)
+    cfg = with_overrides(cfg, [f"model.weights={weights}"])
     return grid, str(features.cache_dir(cfg, "cpu"))
 
 

@@ -90,9 +90,10 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str], use_cache: bo
         cfg = cfg if cfg.features.enabled else with_overrides(cfg, [ENABLE], f"cell {name}")
         where = str(cache_dir(cfg, device))
         if not checkable:  # e.g. a login node without the GPUs whose precision the cache has
-            return FeaturePlan(True, cfg, where, "feature cache: one feature job builds it, or "
-                                                 "finds it complete, before the cells (the jobs' "
-                                                 "GPUs decide its precision; none here to check)")
+            return FeaturePlan(True, cfg, where, "feature cache: one feature job builds it "
+                                                 "before the cells unless it is complete (the "
+                                                 "jobs' GPUs decide its precision; none here to "
+                                                 "check it)")
         missing = check(cfg, device)
         if missing is None:
             return FeaturePlan(True, None, where, f"feature cache: reusing the complete cache in "

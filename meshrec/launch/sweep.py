@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -861,7 +862,7 @@ def dry_run_features(p: Plan) -> feature_job.FeaturePlan:
     device, checkable = feature_job.job_device(p.cfg, p.executor)
     plan_ = feature_job.decide(configs, feature_job.share_keys(configs, device), p.feature_cache,
                                device, checkable)
-    if plan_.build is not None:
-        return dataclasses.replace(plan_, reason=plan_.reason.replace(
-            "one feature job builds", "one feature job would build"))
+    if plan_.build is not None:  # said as what would happen
+        return dataclasses.replace(plan_, reason=re.sub(r"feature job (re)?builds",
+                                                        r"feature job would \1build", plan_.reason))
     return plan_

@@ -55,7 +55,12 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
             with torch.no_grad(), torch.autocast(image.device.type, dtype=amp or torch.float32,
                                                  enabled=amp is not None):
                 feats = encoder(image)
-            rows["features"].append(feats.to(torch.float16).cpu().numpy())
+            half = feats.to(torch.float16)
+            if not torch.isfinite(half).all():
+                raise MeshrecError(f"features: the encoder's outputs do not fit float16 (largest "
+                                   f"magnitude {float(feats.float().abs().max()):.3g}); the "
+                                   "cache cannot hold them")
+            rows["features"].append(half.cpu().numpy())
             rows["params"].append(batch["params"].float().cpu().numpy())
             rows["aug"].append(batch["aug"].float().cpu().numpy())
             if "joints" in batch:

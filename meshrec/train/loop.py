@@ -503,6 +503,8 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
              f"{run.steps_per_epoch} steps/epoch × {cfg.train.epochs} epochs, "
              f"global batch {cfg.data.batch_size}, amp {run.amp or 'off'}, "
              f"body {getattr(run.body, 'kind', 'smpl')}, joints {run.joints.label}")
+    if cfg.features.enabled:
+        say(run, f"inputs: cached encoder features from {run.loader.root}")
 
     total_steps = cfg.train.epochs * run.steps_per_epoch
     bar = progress_bar(run, run.step, total_steps)

@@ -150,3 +150,18 @@ def test_features_command_refuses_a_trained_encoder_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "freeze_encoder" in out.stderr
+
+
+def test_features_too_large_for_float16_are_refused(cache, tmp_path):
+    import torch
+
+    from meshrec.model.encoder import build_encoder
+
+    net = build_encoder("resnet18", "none", frozen=True).net
+    with torch.no_grad():
+        net.layer4[-1].bn2.weight.fill_(1e9)  # the last block's output blows up
+    torch.save(net.state_dict(), tmp_path / "huge.pt")
+    with pytest.raises(MeshrecError, match="do not fit float16"):
+        built(cache, tmp_path, f"model.weights={tmp_path / 'huge.pt'}",
+              f"features.dir={tmp_path / 'fc'}")
+    assert fc.read_manifest(tmp_path / "fc") is None  # nothing half-built is taken for a cache

@@ -334,3 +334,17 @@ def test_it_learns_beats_the_mean_params_baseline_on_held_out_subjects(tmp_path_
           f"mean params {m['val_baseline_pve_mm']:.1f} mm; PA-MPJPE model "
           f"{m['val_pa_mpjpe_mm']:.1f} mm, mean params {m['val_baseline_pa_mpjpe_mm']:.1f} mm")
     assert m["val_pve_mm"] <= 0.7 * m["val_baseline_pve_mm"]
+
+
+def test_repeated_validation_with_pictures_sees_every_sample(cache, tmp_path):
+    """The pictures come from the evaluation pass itself: a DALI loader left mid-epoch by a
+    separate peek would start the next validation where the peek stopped."""
+    from meshrec.train import dist
+    from meshrec.train.loop import build_run, validate
+
+    run = build_run(tiny(cache, tmp_path, "data.backend=dali", "eval.batch_size=4"),
+                    dist.DistEnv(0, 1, 0, torch.device("cpu")))
+    first, pictures = validate(run, overlays=1)
+    second, _ = validate(run, overlays=1)
+    assert len(pictures) == 1 and pictures[0][1].ndim == 3
+    assert first["val_samples"] == second["val_samples"] == 16  # S9: 4 frames × 4 cameras

@@ -15,7 +15,7 @@ training subjects (`features.views`), their labels already rotated/flipped with 
 
 Identity (what must match for a cache to be used): encoder name and the sha256 of its weights as
 the run builds them (seeded init or loaded file), image size, crop policy (augmentation settings,
-seed and view count when augmenting), autocast dtype, the source shards' manifest hash, and the
+seed and view count when augmenting), the `train.amp` setting, the source shards' manifest hash, and the
 subjects (the cache may hold more). The directory is found again from the config alone:
 `features.dir`, or `<shards>/../features/<encoder>-<size>px-<key>` where `key` hashes the
 config-side settings; the manifest then proves the rest (weights, shards) or names what is stale.
@@ -59,6 +59,7 @@ def subjects(cfg: Config) -> list[str]:
 
 
 def amp_name(cfg: Config, device: torch.device) -> str:
+    """The autocast dtype `train.amp` gives on `device` (recorded with a build)."""
     from meshrec.train.loop import amp_dtype
 
     dtype = amp_dtype(cfg.train.amp, device)
@@ -104,12 +105,12 @@ def encoder_sha256(cfg: Config) -> str:
     return _encoder_sha256(m.encoder, m.weights, seed, _weights_stamp(m.weights))
 
 
-def _config_side(cfg: Config, device: torch.device) -> dict[str, Any]:
+def _config_side(cfg: Config) -> dict[str, Any]:
     """The settings that name a cache directory (everything a config alone decides)."""
     aug = augmenting(cfg)
     return {"format": FORMAT, "encoder": cfg.model.encoder, "weights": cfg.model.weights,
             "init_seed": cfg.train.seed if cfg.model.weights == "none" else None,
-            "image_size": cfg.data.image_size, "amp": amp_name(cfg, device),
+            "image_size": cfg.data.image_size, "amp": cfg.train.amp,
             "train_views": cfg.features.views if aug else 0,
             "augment": to_dict(cfg.data.augment) if aug else None,
             "augment_seed": cfg.data.seed if aug else None}
@@ -121,29 +122,29 @@ def _shards_sha256(cfg: Config) -> str:
     return str(shard_manifest.load(cfg.data.shards).get(shard_manifest.HASH_KEY, ""))
 
 
-def identity(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
+def identity(cfg: Config) -> dict[str, Any]:
     """Everything a cache must match to stand in for `cfg`'s encoder pass (data.shards resolved)."""
     if not cfg.data.shards:
         raise MeshrecError("features: data.shards must be resolved first (meshrec.data.demo.with_shards)")
-    out = _config_side(cfg, torch.device(device))
+    out = _config_side(cfg)
     out.update(encoder_sha256=encoder_sha256(cfg), shards_manifest_sha256=_shards_sha256(cfg),
                subjects=subjects(cfg),
                train_subjects=sorted(cfg.data.train_subjects))
     return out
 
 
-def share_key(cfg: Config, device: torch.device | str = "cpu") -> str:
+def share_key(cfg: Config) -> str:
     """Equal for configs that can use one cache (ignores what the cache does not depend on)."""
-    return _sha(identity(cfg, device))[:16]
+    return _sha(identity(cfg))[:16]
 
 
-def cache_dir(cfg: Config, device: torch.device | str = "cpu") -> Path:
+def cache_dir(cfg: Config) -> Path:
     if cfg.features.dir:
         return Path(os.path.expanduser(cfg.features.dir))
     if not cfg.data.shards:
         raise MeshrecError("features: data.shards must be resolved first (meshrec.data.demo.with_shards)")
     shards = Path(os.path.expanduser(cfg.data.shards)).resolve()
-    key = _sha(_config_side(cfg, torch.device(device)))[:12]
+    key = _sha(_config_side(cfg))[:12]
     return shards.parent / "features" / f"{cfg.model.encoder}-{cfg.data.image_size}px-{key}"
 
 
@@ -178,13 +179,13 @@ def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return out
 
 
-def check(cfg: Config, device: torch.device | str = "cpu") -> Optional[str]:
+def check(cfg: Config) -> Optional[str]:
     """None when a complete cache for `cfg` is at cache_dir(cfg); else why not, in one line."""
-    root = cache_dir(cfg, device)
+    root = cache_dir(cfg)
     manifest = read_manifest(root)
     if manifest is None:
         return f"no feature cache at {root} (build it with `meshrec features --config …`)"
-    diff = differences(manifest["identity"], identity(cfg, device))
+    diff = differences(manifest["identity"], identity(cfg))
     if diff:
         return (f"feature cache {root} is stale: {'; '.join(diff)}; rebuild it with "
                 "`meshrec features --config …`")

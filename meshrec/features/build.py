@@ -55,7 +55,12 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
             with torch.no_grad(), torch.autocast(image.device.type, dtype=amp or torch.float32,
                                                  enabled=amp is not None):
                 feats = encoder(image)
-            rows["features"].append(feats.to(torch.float16).cpu().numpy())
+            half = feats.to(torch.float16)
+            if not torch.isfinite(half).all():
+                raise MeshrecError(f"features: the encoder's outputs do not fit float16 (largest "
+                                   f"magnitude {float(feats.float().abs().max()):.3g}); the "
+                                   "cache cannot hold them")
+            rows["features"].append(half.cpu().numpy())
             rows["params"].append(batch["params"].float().cpu().numpy())
             rows["aug"].append(batch["aug"].float().cpu().numpy())
             if "joints" in batch:
@@ -79,10 +84,10 @@ def build_features(cfg: Config, env: Any, force: bool = False) -> Path:
     if not cfg.model.freeze_encoder:
         raise MeshrecError("features: model.freeze_encoder is false: a trained encoder's "
                            "features change every step and cannot be cached")
-    root = fc.cache_dir(cfg, env.device)
-    if not force and fc.check(cfg, env.device) is None:
+    root = fc.cache_dir(cfg)
+    if not force and fc.check(cfg) is None:
         return root
-    ident = fc.identity(cfg, env.device)
+    ident = fc.identity(cfg)
     mean = resolve_mean_params(cfg, shard_manifest.load(cfg.data.shards))
     torch.manual_seed(cfg.train.seed)  # the same encoder weights training will build
     encoder = build_model(cfg, mean).encoder.to(env.device)
@@ -132,6 +137,7 @@ def build_features(cfg: Config, env: Any, force: bool = False) -> Path:
         manifest = {"identity": ident, "parts": parts, "views": views,
                     "built": {"seconds": round(seconds, 2), "ranks": env.world_size,
                               "device": env.device.type, "decoder": cfg.data.backend,
+                              "amp": fc.amp_name(cfg, env.device),
                               "samples": sum(p["samples"] for p in parts),
                               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
         with atomic_open(root / fc.MANIFEST, "w") as fh:

@@ -9,7 +9,8 @@ def _features(args: argparse.Namespace) -> int:
     import json
 
     from meshrec import features as fc
-    from meshrec.config import load_config
+    from meshrec.config import load_config, to_dict
+    from meshrec.data.demo import with_shards
     from meshrec.errors import MeshrecError
     from meshrec.features.build import run_features
     from meshrec.train import dist
@@ -19,8 +20,9 @@ def _features(args: argparse.Namespace) -> int:
         raise MeshrecError("model.freeze_encoder is false: only a frozen encoder's features can "
                            "be cached")
     if cfg.train.processes > 1 and dist.detect_launch().source == "single":
-        dist.spawn_local(_spawned, cfg.train.processes, _as_dict(cfg), args.force)
-        root = fc.cache_dir(_resolved(cfg))
+        cfg = with_shards(cfg)  # once here, not raced by the ranks
+        dist.spawn_local(_spawned, cfg.train.processes, to_dict(cfg), args.force)
+        root = fc.cache_dir(cfg)
     else:
         root = run_features(cfg, args.force)
     manifest = fc.read_manifest(root)
@@ -33,18 +35,6 @@ def _features(args: argparse.Namespace) -> int:
           f"{built['ranks']} rank(s) on {built['device']})")
     print(json.dumps({"dir": str(root), "samples": built["samples"]}))
     return 0
-
-
-def _as_dict(cfg):
-    from meshrec.config import to_dict
-
-    return to_dict(cfg)
-
-
-def _resolved(cfg):
-    from meshrec.data.demo import with_shards
-
-    return with_shards(cfg)
 
 
 def _spawned(cfg_dict: dict, force: bool) -> None:

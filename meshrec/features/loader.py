@@ -59,10 +59,10 @@ class FeatureLoader:
 
     def __init__(self, cfg: Config, split: str, subjects: tuple[str, ...], batch_size: int,
                  rank: int, world_size: int, device: torch.device, state: dict | None = None) -> None:
-        reason = fc.check(cfg, device)
+        reason = fc.check(cfg)
         if reason is not None:
             raise MeshrecError(reason)
-        self.root = fc.cache_dir(cfg, device)
+        self.root = fc.cache_dir(cfg)
         manifest = fc.read_manifest(self.root)
         assert manifest is not None  # check() found it
         self.train = split == "train"

@@ -116,7 +116,10 @@ class Encoder(nn.Module):
         super().__init__()
         arch = _arch(name)
         self.name, self.dim, self.frozen = name, arch.dim, frozen
-        self.net = arch.build(weights=None)
+        # Residual branches start at zero (their last BatchNorm scale 0): a random-init deep
+        # ResNet stays bounded (ResNet-152's features reach ~1e8 otherwise: float16 overflows).
+        # Loaded weights replace every tensor, so this changes random-init encoders only.
+        self.net = arch.build(weights=None, zero_init_residual=True)
         self.net.fc = nn.Identity()
         _load_weights(self.net, name, weights)
         if frozen:

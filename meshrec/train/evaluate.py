@@ -95,15 +95,18 @@ def body_points(body, params: Tensor, joints: Joints) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable[dict], body, joints: Joints,
              mean_params: np.ndarray, amp_dtype: torch.dtype | None, device: torch.device,
-             limit: int | None = None) -> Records:
+             limit: int | None = None, first: list | None = None) -> Records:
     """Errors of `model` and of the mean parameters over this rank's `batches` (model left in
-    eval mode; the caller restores train mode)."""
+    eval mode; the caller restores train mode). `first`, a list, receives a copy of the first
+    non-empty batch (for pictures: a second pass over a DALI loader cannot start mid-epoch)."""
     model.eval()
     rec = Records()
     mean = torch.as_tensor(mean_params[: layout.SIZE], dtype=torch.float32, device=device)
     for batch in batches:
         if not batch["key"]:
             continue
+        if first is not None and not first:
+            first.append({k: v.clone() if torch.is_tensor(v) else list(v) for k, v in batch.items()})
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
             pred = last_params(model(model_input(batch)))

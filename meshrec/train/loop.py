@@ -369,19 +369,21 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
         run.val_loaders[split] = build_loader(cfg, split, run.env.rank, run.env.world_size,
                                               run.env.device)
     loader = run.val_loaders[split]
+    first: list = []
     with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG alone
         rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
-                                                run.mean_params, run.amp, run.env.device))
-        pictures = overlay_pictures(run, loader, overlays) if run.env.is_main and overlays else []
+                                                run.mean_params, run.amp, run.env.device,
+                                                first=first))
+        pictures = overlay_pictures(run, first[0], overlays) \
+            if run.env.is_main and overlays and first else []
     run.core.train()
     return evaluate.summary(rec, f"{split}_"), pictures
 
 
 @torch.no_grad()
-def overlay_pictures(run: Run, loader: Any, count: int) -> list[tuple[str, np.ndarray]]:
+def overlay_pictures(run: Run, batch: dict, count: int) -> list[tuple[str, np.ndarray]]:
     from meshrec.train import evaluate, visual
 
-    batch = next(iter(loader))
     if "image" not in batch:  # a feature cache holds no pixels to draw on
         return []
     run.core.eval()
@@ -501,6 +503,8 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
              f"{run.steps_per_epoch} steps/epoch × {cfg.train.epochs} epochs, "
              f"global batch {cfg.data.batch_size}, amp {run.amp or 'off'}, "
              f"body {getattr(run.body, 'kind', 'smpl')}, joints {run.joints.label}")
+    if cfg.features.enabled:
+        say(run, f"inputs: cached encoder features from {run.loader.root}")
 
     total_steps = cfg.train.epochs * run.steps_per_epoch
     bar = progress_bar(run, run.step, total_steps)

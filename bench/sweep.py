@@ -156,7 +156,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         largest = calibrate(cfg, weights)
         print(f"encoder weights: {weights} (largest feature {largest:.3g})", flush=True)
     cfg = with_overrides(cfg, [f"model.weights={weights}"])
-    return grid, str(features.cache_dir(cfg, "cpu"))
+    return grid, str(features.cache_dir(cfg))
 
 
 def run_sweep(args: argparse.Namespace, work: Path, grid: Path, label: str, epochs: int,
@@ -213,17 +213,20 @@ def fit(long: Sweep, short: Sweep) -> tuple[float, float]:
     return w_short - short.epochs * per_epoch, per_epoch
 
 
-def compare(naive: Sweep, cached: Sweep) -> tuple[dict[str, float], bool, str, str]:
-    """Largest |difference| of each validation metric over the cells; same best cell?"""
+def compare(naive: Sweep, cached: Sweep) -> tuple[dict[str, float], float, bool, str, str]:
+    """Largest |difference| of each validation metric over the cells, the largest relative
+    difference of any; same best cell?"""
     diffs: dict[str, float] = {}
+    rel = 0.0
     for name, cell in naive.cells.items():
         other = cached.cells[name].metrics
         for key, value in cell.metrics.items():
-            if key.startswith("val_"):
+            if key.startswith("val_") and "baseline" not in key and key != "val_samples":
                 diffs[key] = max(diffs.get(key, 0.0), abs(value - other[key]))
+                rel = max(rel, abs(value - other[key]) / max(abs(value), 1e-12))
     best_n = min(naive.cells.values(), key=lambda c: c.metrics[METRIC]).name
     best_c = min(cached.cells.values(), key=lambda c: c.metrics[METRIC]).name
-    return diffs, best_n == best_c, best_n, best_c
+    return diffs, rel, best_n == best_c, best_n, best_c
 
 
 def main() -> int:
@@ -263,7 +266,7 @@ def main() -> int:
 
     o_naive, e_naive = fit(naive, naive1)
     o_cached, e_cached = fit(cached, cached1)
-    launcher = statistics_first(cached, naive, naive1, cached1)
+    launcher = first_job_at(cached, naive, naive1, cached1)
     print()
     print(f"fixed cost of a cell (process, imports, MLflow, model, loaders, closing): "
           f"naive {o_naive:.1f} s, cached {o_cached:.1f} s; the launcher before the first job "
@@ -278,7 +281,8 @@ def main() -> int:
         print(f"| {k} | {naive1.cost(k):.0f} s | {naive.cost(k):.0f} s | {cached1.cost(k):.0f} s "
               f"| {cached.cost(k):.0f} s | {naive.cost(k) / cached.cost(k):.1f}× |")
     print()
-    diffs, same_best, best_n, best_c = compare(naive, cached)
+    diffs, rel, same_best, best_n, best_c = compare(naive, cached)
+    diffs1, rel1, _, _, _ = compare(naive1, cached1)
     print(f"| cell | {' | '.join(GRID)} | naive {METRIC} | cached {METRIC} | difference |")
     print("|---|" + "---|" * len(GRID) + "---|---|---|")
     values = _grid_values(grid, args, work)
@@ -287,10 +291,12 @@ def main() -> int:
         print(f"| {cell.name} | {' | '.join(str(v) for v in values[cell.name])} | {a:.4f} | "
               f"{b:.4f} | {b - a:+.2e} |")
     print()
-    print("largest |naive − cached| over the cells: " +
-          ", ".join(f"{k} {v:.2e}" for k, v in sorted(diffs.items())))
+    for label, d, r in ((f"{args.epochs} epochs", diffs, rel), ("1 epoch", diffs1, rel1)):
+        print(f"largest |naive − cached| over the cells after {label}: " +
+              ", ".join(f"{k} {v:.2e}" for k, v in sorted(d.items())) +
+              f"; relative {r:.1e} (float16 unit roundoff 4.9e-04)")
     print(f"best cell: naive {best_n}, cached {best_c}")
-    print(f"load average at the starts: " + ", ".join(
+    print("load average at the starts: " + ", ".join(
         f"{s.label} {s.load[0]:.2f}" for s in (cached, naive, naive1, cached1)))
     speedup = naive.wall / cached.wall
     print(f"speedup={speedup:.1f} naive_s={naive.wall:.1f} cached_s={cached.wall:.1f} "
@@ -299,7 +305,7 @@ def main() -> int:
     return 0
 
 
-def statistics_first(*sweeps: Sweep) -> float:
+def first_job_at(*sweeps: Sweep) -> float:
     """Median time from the command's start to its first job (preflight, MLflow runs)."""
     import statistics
 

@@ -113,28 +113,6 @@ def test_decide_uses_one_cache_only_for_frozen_cells_that_share_it(tmp_path, cac
     assert not mixed.use and "1 of 2 cell(s) train their encoder" in mixed.reason
 
 
-def test_the_cache_follows_the_device_the_jobs_train_on(tmp_path, cache):
-    import torch
-
-    grid = REPO / "configs" / "loss_weights.yaml"
-
-    def device(executor: str, *more: str) -> tuple[str, bool]:
-        return feature_job.job_device(sweep_mod.plan(grid, list(more)).cfg, executor)
-
-    gpu = torch.cuda.is_available()
-    assert device("slurm", "launch.slurm.gpus_per_node=4") == ("cuda", gpu)
-    assert device("slurm", "launch.slurm.gpus_per_node=0", "launch.slurm.gres=gpu:4") == ("cuda", gpu)
-    assert device("slurm", "launch.slurm.gpus_per_node=0") == ("cpu", True)
-    assert device("slurm", "launch.slurm.gpus_per_node=4", "train.device=cpu") == ("cpu", True)
-    assert device("local", "launch.slurm.gpus_per_node=0") == ("cpu", True)
-    # A launcher that cannot check a GPU job's cache lets the feature job decide (it returns at
-    # once when the cache is complete).
-    configs = job_configs(write_grid(tmp_path / "g.yaml", {"loss.w_body": [0.0, 1.0]}),
-                          settings(tmp_path, cache, "dev"))
-    plan = feature_job.decide(configs, feature_job.share_keys(configs), checkable=False)
-    assert plan.use and plan.build is not None and "unless it is complete" in plan.reason
-
-
 def test_cells_asking_for_a_cache_nobody_builds_are_refused(tmp_path, cache):
     grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
     configs = job_configs(grid, settings(tmp_path, cache, "own", "features.enabled=true"))

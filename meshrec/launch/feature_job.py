@@ -43,34 +43,17 @@ class FeaturePlan:
                 for name, cfg in configs.items()}
 
 
-def job_device(cfg: Config, executor: str) -> tuple[str, bool]:
-    """The device type the sweep's jobs train on ("cpu" or "cuda"; the cache's precision follows
-    it), and whether this machine can check a cache for it (it has that kind of device)."""
-    import torch
-
-    s = cfg.launch.slurm
-    if cfg.train.device != "auto":
-        device = cfg.train.device
-    elif executor == "local":  # local jobs see the GPUs they ask for (CUDA_VISIBLE_DEVICES)
-        device = "cuda" if s.gpus_per_node and torch.cuda.is_available() else "cpu"
-    else:
-        device = "cuda" if s.gpus_per_node or "gpu" in s.gres else "cpu"
-    return device, device == "cpu" or torch.cuda.is_available()
-
-
-def share_keys(configs: Mapping[str, Config], device: str = "cpu") -> dict[str, str]:
+def share_keys(configs: Mapping[str, Config]) -> dict[str, str]:
     """Cell name → its cache's share key, for the frozen cells (their shards resolved)."""
     from meshrec.features import share_key
 
-    return {name: share_key(cfg, device) for name, cfg in configs.items()
-            if cfg.model.freeze_encoder}
+    return {name: share_key(cfg) for name, cfg in configs.items() if cfg.model.freeze_encoder}
 
 
-def decide(configs: Mapping[str, Config], keys: Mapping[str, str], use_cache: bool = True,
-           device: str = "cpu", checkable: bool = True) -> FeaturePlan:
+def decide(configs: Mapping[str, Config], keys: Mapping[str, str],
+           use_cache: bool = True) -> FeaturePlan:
     """What the sweep does about features for the cells it is about to run (`configs`: their
-    job configs, `keys`: `share_keys` of at least those; `device`, `checkable`: `job_device`).
-    Checks caches; builds nothing."""
+    job configs, `keys`: `share_keys` of at least those). Checks caches; builds nothing."""
     from meshrec.features import cache_dir, check
 
     if not configs:
@@ -88,13 +71,8 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str], use_cache: bo
     else:
         name, cfg = next(iter(configs.items()))
         cfg = cfg if cfg.features.enabled else with_overrides(cfg, [ENABLE], f"cell {name}")
-        where = str(cache_dir(cfg, device))
-        if not checkable:  # e.g. a login node without the GPUs whose precision the cache has
-            return FeaturePlan(True, cfg, where, "feature cache: one feature job builds it "
-                                                 "before the cells unless it is complete (the "
-                                                 "jobs' GPUs decide its precision; none here to "
-                                                 "check it)")
-        missing = check(cfg, device)
+        where = str(cache_dir(cfg))
+        missing = check(cfg)
         if missing is None:
             return FeaturePlan(True, None, where, f"feature cache: reusing the complete cache in "
                                                   f"{where}; no feature job")
@@ -103,8 +81,7 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str], use_cache: bo
                                                  f"feature job builds it before the cells")
         return FeaturePlan(True, cfg, where, f"feature cache: one feature job rebuilds it before "
                                              f"the cells ({_without_hint(missing)})")
-    if checkable:
-        _require_own_caches(configs, keys, device)
+    _require_own_caches(configs, keys)
     return FeaturePlan(False, None, "", why)
 
 
@@ -113,8 +90,7 @@ def _without_hint(reason: str) -> str:
     return re.sub(r"[;,]?\s*\(?(re)?build it( with `[^`]*`)?\)?\s*$", "", reason)
 
 
-def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str],
-                        device: str) -> None:
+def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) -> None:
     """Cells that ask for features.enabled themselves, when the sweep builds none: their cache
     must be there already (one check per distinct cache)."""
     from meshrec.features import check
@@ -124,7 +100,7 @@ def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str],
         if not cfg.features.enabled or keys[name] in seen:
             continue
         seen.add(keys[name])
-        missing = check(cfg, device)
+        missing = check(cfg)
         if missing is not None:
             raise MeshrecError(f"cell {name}: features.enabled=true but {missing}; build it "
                                f"with `meshrec features --config ...`, or let the sweep build "

@@ -506,10 +506,9 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         out(f"notice: {p.notice}")
     shards = preflight_all(p, progress)
     configs = {c.name: job_config(p, c, shards[c.name]) for c in p.cells}
-    device, checkable = feature_job.job_device(p.cfg, p.executor)
-    keys = _share_keys(p, configs, device)
+    keys = _share_keys(p, configs)
     # Over every cell first: a cell that needs a cache nobody builds stops us before MLflow.
-    feature_job.decide(configs, keys, p.feature_cache, device, checkable)
+    feature_job.decide(configs, keys, p.feature_cache)
     tracking = Tracking(p.uri, p.experiment)
     parent = tracking.parent(p)
     runs = tracking.cell_runs()
@@ -522,7 +521,7 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
                               "failed": [], "feature_job": None, "feature_cache": ""}
     if todo:
         features = feature_job.decide({c.name: configs[c.name] for c in todo}, keys,
-                                      p.feature_cache, device, checkable)
+                                      p.feature_cache)
         configs.update(features.cells({c.name: configs[c.name] for c in todo}))
         result["feature_cache"] = features.cache
         if features.reason:
@@ -575,11 +574,11 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
     return result
 
 
-def _share_keys(p: Plan, configs: Mapping[str, Config], device: str) -> dict[str, str]:
+def _share_keys(p: Plan, configs: Mapping[str, Config]) -> dict[str, str]:
     """Share keys when the sweep may use a cache or a cell asks for one ({} otherwise: the
     naive sweep does not build encoders here)."""
     if p.feature_cache or any(c.features.enabled for c in configs.values()):
-        return feature_job.share_keys(configs, device)
+        return feature_job.share_keys(configs)
     return {}
 
 
@@ -859,9 +858,7 @@ def dry_run_features(p: Plan) -> feature_job.FeaturePlan:
                                        "before the cells (no shards here yet to check a cache "
                                        "against: generated data is made at launch)")
     configs = {c.name: job_config(p, c, str(shards[c.name])) for c in p.cells}
-    device, checkable = feature_job.job_device(p.cfg, p.executor)
-    plan_ = feature_job.decide(configs, feature_job.share_keys(configs, device), p.feature_cache,
-                               device, checkable)
+    plan_ = feature_job.decide(configs, feature_job.share_keys(configs), p.feature_cache)
     if plan_.build is not None:  # said as what would happen
         return dataclasses.replace(plan_, reason=re.sub(r"feature job (re)?builds",
                                                         r"feature job would \1build", plan_.reason))

@@ -102,9 +102,9 @@ def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) 
         seen.add(keys[name])
         missing = check(cfg)
         if missing is not None:
-            raise MeshrecError(f"cell {name}: features.enabled=true but {missing}; build it "
-                               f"with `meshrec features --config ...`, or let the sweep build "
-                               f"it (one shared frozen encoder, without --no-feature-cache)")
+            raise MeshrecError(f"cell {name}: features.enabled=true but {_without_hint(missing)};"
+                               f" build it with `meshrec features --config …`, or let the sweep "
+                               f"build it (one shared frozen encoder, without --no-feature-cache)")
 
 
 class FeatureJob(submitit.helpers.Checkpointable):

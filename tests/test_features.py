@@ -165,3 +165,13 @@ def test_features_too_large_for_float16_are_refused(cache, tmp_path):
         built(cache, tmp_path, f"model.weights={tmp_path / 'huge.pt'}",
               f"features.dir={tmp_path / 'fc'}")
     assert fc.read_manifest(tmp_path / "fc") is None  # nothing half-built is taken for a cache
+
+
+def test_a_cache_too_small_for_one_batch_is_a_one_line_error(cache, tmp_path):
+    from meshrec.data import build_loader
+
+    cfg, _ = built(cache, tmp_path, f"features.dir={tmp_path / 'fc'}")
+    small = tiny(cache, tmp_path, *FROZEN, f"features.dir={tmp_path / 'fc'}",
+                 "features.enabled=true", f"data.shards={cfg.data.shards}", "data.batch_size=64")
+    with pytest.raises(MeshrecError, match="give no full batch of 64"):
+        build_loader(small, "train")

@@ -63,24 +63,22 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     device = torch.device(device)
     train = split == "train"
     subjects = shardset.split_subjects(cfg, split)
-    if cfg.features.enabled:  # cached frozen-encoder features instead of images
-        from meshrec.features.loader import FeatureLoader
-
-        batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
-                           "data.batch_size" if train else "eval.batch_size")
-        return FeatureLoader(cfg, split, subjects, batch, rank, world_size, device, state)
     root = shardset.shard_dir(cfg)
     manifest = shardset.load_manifest(root)
     shards = shardset.select(root, manifest, subjects)
     with_joints = "joints.npy" in manifest.get("members", [])
     batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
                        "data.batch_size" if train else "eval.batch_size")
-    pelvis = body_pelvis(cfg) if manifest.get("layout", {}).get("with_transl") else None
     total = sum(s.samples for s in shards)
     if rank_samples(total, 0, world_size, batch, train) == 0:
         raise MeshrecError(f"{total} samples of {', '.join(subjects)} over {world_size} ranks "
                            f"give no full batch of {batch} per rank")
     loader: Loader
+    if cfg.features.enabled:  # cached frozen-encoder features instead of images
+        from meshrec.features.loader import FeatureLoader
+
+        return FeatureLoader(cfg, split, subjects, batch, rank, world_size, device, state)
+    pelvis = body_pelvis(cfg) if manifest.get("layout", {}).get("with_transl") else None
     if cfg.data.backend == "dali":
         from meshrec.data.dali import DaliLoader
 

@@ -45,7 +45,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence

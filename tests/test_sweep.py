@@ -280,6 +280,17 @@ def test_preempted_cell_requeues_resumes_and_ends_as_an_uninterrupted_run(
     assert "nothing to submit" in again.stdout and len(jobs_named(name)) == 1
 
 
+def sbatch_train_full(partition: str, name: str, env: dict, tmp_path: Path) -> str:
+    """Submit slurm/train_full.sh as a user would (2 CPU tasks, log tmp_path/slurm-<id>.out)."""
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={name}", f"--partition={partition}",
+         "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=0",
+         "--time=15", f"--output={tmp_path / 'slurm-%j.out'}", str(REPO / "slurm" / "train_full.sh")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_train_full_script_trains_and_evaluates(slurm_cluster, mlflow_server, tmp_path, cache):
@@ -289,13 +300,7 @@ def test_train_full_script_trains_and_evaluates(slurm_cluster, mlflow_server, tm
            "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
            "OVERRIDES": " ".join([*overrides, f"body.cache_dir={cache}", f"track.uri={mlflow_server}",
                                   f"track.experiment={name}"])}
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--job-name={name}", f"--partition={slurm_cluster.partition}",
-         "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=0",
-         "--time=15", f"--output={tmp_path / 'slurm-%j.out'}", str(REPO / "slurm" / "train_full.sh")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().split(";")[0]
+    job_id = sbatch_train_full(slurm_cluster.partition, name, env, tmp_path)
     wait_for(lambda: not unfinished(name), "train_full.sh ended", name=name)
     log = (tmp_path / f"slurm-{job_id}.out").read_text(errors="replace")
     assert dict(jobs_named(name)) == {job_id: "COMPLETED"}, log[-3000:]
@@ -358,13 +363,7 @@ def test_train_full_script_requeues_itself_on_usr1_and_resumes(slurm_cluster, ml
            "OVERRIDES": " ".join([*overrides, "data.batch_size=4", "train.epochs=2",
                                   "train.checkpoint_every=2", f"body.cache_dir={cache}",
                                   f"track.uri={mlflow_server}", f"track.experiment={name}"])}
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--job-name={name}", f"--partition={slurm_cluster.partition}",
-         "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=0",
-         "--time=15", f"--output={tmp_path / 'slurm-%j.out'}", str(REPO / "slurm" / "train_full.sh")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().split(";")[0]
+    job_id = sbatch_train_full(slurm_cluster.partition, name, env, tmp_path)
     wait_for(lambda: len(list((out / "checkpoints").glob("step_*.pt"))) >= 2,
              "a few steps checkpointed", name=name, alive=True)
     # What SLURM sends 120 s before the time limit (--signal=B:USR1@120): the batch shell only.

@@ -65,6 +65,21 @@ def job_configs(grid: Path, args: list[str], local: bool = False) -> dict:
     return {c.name: sweep_mod.job_config(p, c, shards[c.name]) for c in p.cells}
 
 
+def finished_cached_cells(client: MlflowClient, experiment: str, count: int,
+                          world_size: str | None = None):
+    """Assert the experiment's `count` cell runs finished from the cache; return the sweep run."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    cells = [r for r in runs if "meshrec.cell" in r.data.tags]
+    assert len(cells) == count
+    for run in cells:
+        assert run.data.tags["meshrec.done"] == "true"
+        assert run.data.params["features.enabled"] == "true"
+        if world_size is not None:
+            assert run.data.tags["world_size"] == world_size
+    return next(r for r in runs if r.data.tags.get("meshrec.role") == "sweep")
+
+
 # ------------------------------------------------------------------ no cluster needed
 
 def test_after_adds_afterok_to_the_users_dependency_and_cancels_on_failure():
@@ -167,13 +182,7 @@ def test_local_sweep_builds_the_cache_once_and_a_later_sweep_reuses_it(mlflow_se
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id])
-    cells = [r for r in runs if "meshrec.cell" in r.data.tags]
-    assert len(cells) == 2
-    for run in cells:
-        assert run.data.tags["meshrec.done"] == "true"
-        assert run.data.params["features.enabled"] == "true"
-    parent = next(r for r in runs if r.data.tags.get("meshrec.role") == "sweep")
+    parent = finished_cached_cells(client, name, 2)
     assert parent.data.tags["meshrec.feature_job"]
     cfg = with_overrides(next(iter(job_configs(grid, args[:-1], local=True).values())),
                          ["features.enabled=true"])
@@ -269,16 +278,7 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
     for _, _, start, _ in cells:
         assert stamp(start) >= stamp(feature[3])  # every cell started after the feature job
 
-    client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id])
-    done = [r for r in runs if "meshrec.cell" in r.data.tags]
-    assert len(done) == 2
-    for run in done:
-        assert run.data.tags["meshrec.done"] == "true"
-        assert run.data.tags["world_size"] == "2"
-        assert run.data.params["features.enabled"] == "true"
-    parent = next(r for r in runs if r.data.tags.get("meshrec.role") == "sweep")
+    parent = finished_cached_cells(MlflowClient(mlflow_server), name, 2, world_size="2")
     assert parent.data.tags["meshrec.feature_job"] == feature_id
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*_log.out"))
     assert "on 2 × cpu" in logs  # the cells ran as 2-task DDP jobs, and so did the feature job:

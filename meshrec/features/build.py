@@ -28,7 +28,7 @@ from meshrec.fileio import atomic_open, save_npz
 log = logging.getLogger("meshrec.features")
 
 
-def _view_loader(cfg: Config, view: str, env: Any, epoch_seed: int = 0):
+def _view_loader(cfg: Config, view: str, env: Any):
     """The loader whose batches make `view`: centre crops of every subject, or one augmented
     training pass (view k uses the training loader's own epoch k)."""
     from meshrec.data import build_loader

@@ -17,8 +17,13 @@ Every loader produces batches of 64 ImageNet-normalised 224×224 float32 images 
                 the best of PIL and torchvision (libjpeg-turbo) in a process pool, and DALI's
                 decoder alone on `--workers` threads (also shown: PIL decode of the full frames,
                 the least a SPIN-style loader must do)
+  dali bare     DALI's own operators for the eval crop and nothing else: ROI decode of the
+                centre 224 px + crop_mirror_normalize to float32 CHW (no labels, keys or
+                iterator), to split the gap to the ceiling
 Rates are images per second after a warm-up batch, on warm page cache, the median of
-`--rounds` interleaved rounds. The last line reads
+`--rounds` interleaved rounds. For the in-process DALI loaders the CPU time of the process per
+image and the cores it kept busy are printed too: a ratio of CPU times moves far less with the
+machine's load than a ratio of rates does. The last line reads
 `vs_spin=… ceiling_frac=… dali_img_s=…` (dali_img_s: dali eval; vs_spin = dali / spin;
 ceiling_frac = dali / ceiling).
 """
@@ -59,7 +64,7 @@ class Meter:
     alike, and the median round is reported."""
 
     def __init__(self, batches) -> None:
-        self.batches, self.it, self.rates = batches, iter(batches), []
+        self.batches, self.it, self.rates, self.cpu, self.busy = batches, iter(batches), [], [], []
         self._next()  # warm-up batch
 
     def _next(self):
@@ -73,15 +78,21 @@ class Meter:
         # A loader's background workers go on filling their prefetch queues after its round;
         # wait for that before timing the next loader so no round pays for another's work.
         time.sleep(settle)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             b = self._next()
             n += len(b["image"]) if isinstance(b, dict) else len(b[0])
-        self.rates.append(n / (time.perf_counter() - t0))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.rates.append(n / wall)
+        self.cpu.append(cpu / n)  # this process's threads only: DataLoader workers not counted
+        self.busy.append(cpu / wall)
 
     @property
     def rate(self) -> float:
         return float(np.median(self.rates))
+
+    def cpu_line(self) -> str:
+        return (f"{np.median(self.cpu) * 1e6:6.0f} us CPU/img, {np.median(self.busy):.2f} cores busy")
 
 
 class SpinStyle(Dataset):
@@ -138,20 +149,28 @@ def pool_decode_rate(fn, blobs: list[bytes], workers: int, rounds: int = 3) -> f
     return done / (time.perf_counter() - t0)
 
 
-class DaliDecodeOnly:
-    """Batches of DALI's CPU decoder alone over the shards (no crop, no normalisation)."""
+class DaliBare:
+    """Batches of bare DALI CPU pipelines over the shards: the decoder alone (`normalise`
+    False), or ROI decode of the centre crop + crop_mirror_normalize, without labels or keys."""
 
-    def __init__(self, shards: list[shardset.Shard], workers: int) -> None:
+    def __init__(self, shards: list[shardset.Shard], workers: int, normalise: bool = False) -> None:
         from nvidia.dali import fn, pipeline_def, types
 
         @pipeline_def
-        def decode_only():
+        def bare():
             jpg = fn.readers.webdataset(paths=[s.tar for s in shards],
                                         index_paths=[s.index for s in shards], ext=["jpg"],
                                         dtypes=[types.UINT8])
-            return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+            if not normalise:
+                return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+            img = fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
+                                         device="cpu", output_type=types.RGB)
+            return fn.crop_mirror_normalize(
+                img, output_layout="CHW", dtype=types.FLOAT,
+                mean=[255.0 * v for v in augment.IMAGENET_MEAN],
+                std=[255.0 * v for v in augment.IMAGENET_STD])
 
-        self.pipe = decode_only(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
+        self.pipe = bare(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
         self.pipe.build()
 
     def __iter__(self):
@@ -200,23 +219,29 @@ def main() -> None:
         meters[f"{backend} train"] = Meter(build_loader(c, "train"))
     meters["spin"] = Meter(DataLoader(SpinStyle(npz, root), batch_size=BATCH, shuffle=True,
                                       num_workers=w, drop_last=True, persistent_workers=True))
-    meters["dali decode"] = Meter(DaliDecodeOnly(shards, w))
+    meters["dali decode"] = Meter(DaliBare(shards, w))
+    meters["dali bare"] = Meter(DaliBare(shards, w, normalise=True))
     for _ in range(args.rounds):
         for meter in meters.values():
             meter.round(args.seconds / args.rounds)
     rates = {name: m.rate for name, m in meters.items()}
+    cpu_lines = {name: meters[name].cpu_line() for name in ("dali eval", "dali bare", "dali decode")}
     frames = SpinStyle(npz, root)
     full = pool_decode_rate(_decode_pil, [open(os.path.join(root, n), "rb").read() for n in frames.names],
                             w, rounds=1)
     pil = pool_decode_rate(_decode_pil, blobs, w)
     tv = pool_decode_rate(_decode_tv, blobs, w)
     dali_dec = rates.pop("dali decode")
+    bare = rates.pop("dali bare")
     ceiling = max(pil, tv, dali_dec)
     for name, rate in rates.items():
         print(f"{name:12s} {rate:8.1f} img/s")
     print(f"decode only, full frames (what SPIN-style must do at least): PIL {full:.1f} img/s")
     print(f"decode only, packed crops: PIL {pil:.1f}, torchvision {tv:.1f}, DALI {dali_dec:.1f} img/s "
           f"→ ceiling {ceiling:.1f}")
+    print(f"dali bare (ROI decode + crop_mirror_normalize only) {bare:.1f} img/s")
+    for name, line in cpu_lines.items():
+        print(f"{name:12s} {line}")
     dali = rates["dali eval"]
     print(f"vs_spin={dali / rates['spin']:.2f} ceiling_frac={dali / ceiling:.2f} dali_img_s={dali:.1f}")
 

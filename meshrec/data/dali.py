@@ -186,7 +186,7 @@ class DaliLoader:
                     continue
             fresh = False
             info = out["info"]
-            keys = [_key(bytes(row.numpy())) for row in info]
+            keys = [_key(row.tobytes()) for row in info.numpy()]
             params = out["params"]
             aug_t = out.get("aug")
             if aug_t is None:

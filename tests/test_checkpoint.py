@@ -204,3 +204,47 @@ def test_cuda_rng_restore_reproduces_draws(tmp_path):
     torch.rand(4, device="cuda")
     restore_rng(load_checkpoint(tmp_path / LAST)["rng"])
     assert torch.rand(4, device="cuda").tolist() == first
+
+
+def _regressor(seed: int, frozen: bool = True):
+    from meshrec.body import params as layout
+    from meshrec.model import build_model
+
+    cfg = with_overrides(Config(), ["model.encoder=resnet18", "model.weights=none",
+                                    f"model.freeze_encoder={str(frozen).lower()}"])
+    torch.manual_seed(seed)
+    return build_model(cfg, np.zeros(layout.size()))
+
+
+def test_frozen_encoder_is_not_stored_but_checked_on_load(tmp_path):
+    from meshrec.features import state_sha256
+    from meshrec.train.checkpoint import load_model_state, model_state
+
+    trained = _regressor(seed=0)
+    sha = state_sha256(trained.encoder)
+    with torch.no_grad():
+        for p in trained.head.parameters():
+            p.add_(1.0)  # the head moved away from its initial weights
+    state = {"model": model_state(trained, sha), "encoder_sha256": sha}
+    assert state["model"] and not any(k.startswith("encoder.") for k in state["model"])
+    save_checkpoint(tmp_path, state, 1, keep_last=1)
+    full = tmp_path / "full"
+    save_checkpoint(full, {"model": model_state(trained, ""), "encoder_sha256": ""}, 1, keep_last=1)
+    assert (tmp_path / LAST).stat().st_size * 5 < (full / LAST).stat().st_size
+
+    back = load_checkpoint(tmp_path / LAST)
+    same = _regressor(seed=0)  # built as the run built it: same encoder, head at its init
+    load_model_state(same, back, "ckpt")
+    for (name, a), b in zip(trained.state_dict().items(), same.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    other = _regressor(seed=1)  # another random encoder: its head must not be loaded onto it
+    with pytest.raises(MeshrecError, match=f"other weights \\(sha256 {sha[:12]}"):
+        load_model_state(other, back, "ckpt")
+
+
+def test_trained_encoder_is_stored():
+    from meshrec.train.checkpoint import model_state
+
+    model = _regressor(seed=0, frozen=False)
+    assert set(model_state(model, "")) == set(model.state_dict())

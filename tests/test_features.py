@@ -62,6 +62,27 @@ def test_training_from_the_cache_equals_training_from_images(cache, tmp_path):
         # float16 features: the same batches and dropout draws, rounding apart only
         assert close < 2e-3, (name, images[name], cached[name])
         assert apart > 10 * close, (name, apart, close)  # another sample order is farther
+    frozen_checkpoint_predicts_as_trained(tmp_path / "images", images["val_mse"])
+
+
+def frozen_checkpoint_predicts_as_trained(out: Path, val_mse: float) -> None:
+    """The checkpoint of a frozen-encoder run holds the head only; loaded for predict/eval, the
+    model rebuilt from its config scores what the run scored."""
+    from meshrec.data import build_loader
+    from meshrec.data.demo import with_shards
+    from meshrec.train import evaluate
+    from meshrec.train.checkpoint import load_checkpoint
+    from meshrec.train.commands import load_trained
+
+    ckpt = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt)
+    assert state["encoder_sha256"] and not any(k.startswith("encoder.") for k in state["model"])
+    t = load_trained(str(ckpt), device="cpu")
+    cfg = with_shards(t.cfg)
+    joints = evaluate.load_joints(cfg.body.h36m_regressor, t.body.num_vertices)
+    rec = evaluate.evaluate(t.model, build_loader(cfg, "val"), t.body, joints, t.mean_params,
+                            t.amp, t.device)
+    assert evaluate.means(rec.model)["mse"] == pytest.approx(val_mse, rel=1e-5)
 
 
 def test_a_missing_or_stale_cache_is_refused_with_what_differs(cache, tmp_path):

@@ -6,6 +6,10 @@ fsynced and renamed, so a crash leaves the previous `last.pt` whole. Contents ar
 containers, numbers, strings, bytes (DALI's GPU reader checkpoint) and tensors only, so `torch.load(weights_only=True)` reads them;
 `save_checkpoint` refuses anything else before writing.
 
+A frozen encoder is not stored (233 MB for ResNet-152, every save, every grid cell): its
+weights are what the config builds, so the checkpoint keeps their sha256 and the model that loads
+it must build the same encoder (`model_state`, `load_model_state`).
+
 The loop's state dict carries `checkpoint_meta(cfg)` (the resolved config as a dict and its hash),
 which `check_resume` compares with the config of the run that wants to continue from it.
 """
@@ -111,6 +115,36 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, state: Mapping[str, Any], step:
             old.unlink()
     _fsync_dir(ckpt_dir)
     return path
+
+
+ENCODER = "encoder."  # MeshRegressor.encoder's keys in a model state dict
+
+
+def model_state(core: torch.nn.Module, encoder_sha256: str) -> dict[str, torch.Tensor]:
+    """The model's weights to store: without the encoder when it is frozen (`encoder_sha256`
+    names its weights then; empty when it trains)."""
+    state = core.state_dict()
+    if not encoder_sha256:
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(ENCODER)}
+
+
+def load_model_state(core: torch.nn.Module, state: Mapping[str, Any], where: str) -> None:
+    """Load a checkpoint's weights into `core`; a frozen encoder that the checkpoint does not
+    store must be the one `core` was built with (same sha256), else MeshrecError."""
+    from meshrec.features import state_sha256
+
+    weights = dict(state["model"])
+    saved = str(state.get("encoder_sha256") or "")
+    if saved:
+        mine = state_sha256(core.encoder)
+        if mine != saved:
+            raise MeshrecError(
+                f"{where} was trained on a frozen encoder with other weights (sha256 {saved[:12]}, "
+                f"this config builds {mine[:12]}): model.encoder, model.weights, train.seed or "
+                "the weights file differ")
+        weights.update({k: v for k, v in core.state_dict().items() if k.startswith(ENCODER)})
+    core.load_state_dict(weights)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

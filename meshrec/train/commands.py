@@ -25,13 +25,15 @@ class Trained:
 
 
 def load_trained(path: str, overrides: Sequence[str] = (), device: str = "auto") -> Trained:
-    """Model, body and config of a checkpoint (weights from it, not from torchvision)."""
+    """Model, body and config of a checkpoint (weights from it; a frozen encoder it does not
+    store is built from its config, as its run built it, and checked by sha256)."""
     import numpy as np
+    import torch
 
     from meshrec.body.load import load_body_model
     from meshrec.config import from_dict, with_overrides
     from meshrec.model import build_model
-    from meshrec.train.checkpoint import load_checkpoint
+    from meshrec.train.checkpoint import load_checkpoint, load_model_state
     from meshrec.train.dist import pick_device
     from meshrec.train.loop import amp_dtype
 
@@ -44,11 +46,15 @@ def load_trained(path: str, overrides: Sequence[str] = (), device: str = "auto")
     cfg = from_dict(state["config"], f"{ckpt} config")
     if overrides:
         cfg = with_overrides(cfg, overrides, f"{ckpt} config")
-    cfg = replace(cfg, model=replace(cfg.model, weights="none"))  # the checkpoint has them
+    if not state.get("encoder_sha256"):
+        cfg = replace(cfg, model=replace(cfg.model, weights="none"))  # the checkpoint has them
     dev = pick_device(device if device != "auto" else cfg.train.device, 0)
     mean = np.asarray(state["mean_params"], dtype=np.float64)
-    model = build_model(cfg, mean).to(dev)
-    model.load_state_dict(state["model"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)  # a frozen encoder it lacks: built as its run built it
+        model = build_model(cfg, mean)
+    load_model_state(model, state, str(ckpt))
+    model = model.to(dev)
     model.eval()
     body = load_body_model(cfg.body).to(dev)
     return Trained(cfg, model, body, mean, dev, amp_dtype(cfg.train.amp, dev),

@@ -110,6 +110,7 @@ class Run:
     run_id: Optional[str] = None
     tracker: Any = None
     val_loaders: dict = field(default_factory=dict)
+    encoder_sha256: str = ""       # of a frozen encoder's weights (not stored in checkpoints)
 
 
 def git_sha() -> str:
@@ -170,10 +171,11 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     core = build_model(cfg, mean).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
-    if cfg.features.enabled:
-        from meshrec import features
+    from meshrec import features
 
-        if features.state_sha256(core.encoder) != features.encoder_sha256(cfg):
+    encoder_sha = features.state_sha256(core.encoder) if cfg.model.freeze_encoder else ""
+    if cfg.features.enabled:
+        if encoder_sha != features.encoder_sha256(cfg):
             raise MeshrecError("features: this run's encoder differs from the one the feature "
                                "cache identity assumes; rebuild the cache with `meshrec features`")
     model: nn.Module = core
@@ -200,15 +202,16 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, spe))
     return Run(cfg, env, Path(cfg.train.output_dir), config_hash(cfg),
                str(manifest.get("manifest_sha256", "")), body, joints, mean, core, model,
-               optimizer, scheduler, scaler, amp, loader, spe)
+               optimizer, scheduler, scaler, amp, loader, spe, encoder_sha256=encoder_sha)
 
 
 # ------------------------------------------------------------------ checkpoints
 
 def checkpoint_state(run: Run) -> dict:
-    from meshrec.train.checkpoint import capture_rng
+    from meshrec.train.checkpoint import capture_rng, model_state
 
-    return {"model": run.core.state_dict(), "optimizer": run.optimizer.state_dict(),
+    return {"model": model_state(run.core, run.encoder_sha256),
+            "encoder_sha256": run.encoder_sha256, "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
             "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
@@ -243,9 +246,9 @@ def find_resume(cfg: Config) -> Optional[Path]:
 
 
 def restore(run: Run, state: dict) -> None:
-    from meshrec.train.checkpoint import restore_rng
+    from meshrec.train.checkpoint import load_model_state, restore_rng
 
-    run.core.load_state_dict(state["model"])
+    load_model_state(run.core, state, "the checkpoint to resume")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -257,11 +260,11 @@ def restore(run: Run, state: dict) -> None:
 
 def init_from(run: Run, path: str) -> None:
     """Fine-tune: start from another run's weights (its config may differ)."""
-    from meshrec.train.checkpoint import check_resume, load_checkpoint
+    from meshrec.train.checkpoint import check_resume, load_checkpoint, load_model_state
 
     state = load_checkpoint(Path(path).expanduser())
     check_resume(state, run.cfg, fine_tune=True)
-    run.core.load_state_dict(state["model"])
+    load_model_state(run.core, state, f"train.init_from {path}")
 
 
 # ------------------------------------------------------------------ one optimizer step

@@ -100,8 +100,15 @@ def all_done(client: MlflowClient, experiment: str, count: int) -> bool:
     return len(cells) == count and all(r.data.tags.get("meshrec.done") == "true" for r in cells)
 
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+         "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
 def unfinished(name: str) -> bool:
-    return bool(in_queue(name))
+    """Still queued, or not yet recorded as ended: accounting (slurmdbd) lags the queue, so a job
+    just gone from squeue can still read RUNNING in sacct for a moment."""
+    return bool(in_queue(name)) or any(not state.startswith(ENDED)
+                                       for _, state in jobs_named(name))
 
 
 # ------------------------------------------------------------------ no cluster needed

@@ -22,6 +22,7 @@ from meshrec.config import with_overrides
 from meshrec.errors import MeshrecError
 from meshrec.launch import feature_job
 from meshrec.launch import sweep as sweep_mod
+from tests.test_sweep import in_queue, unfinished, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "launch" / "sweep.py")]
@@ -215,21 +216,10 @@ def sacct(*args: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line]
 
 
-def in_queue(*names: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-n", ",".join(names), "-o", "%i"],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
-    return out.split()
-
-
-def wait_ended(names: tuple[str, ...], seconds: float = DEADLINE_S) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while in_queue(*names):
-        if time.monotonic() > deadline:
-            cancel(*names)
-            pytest.fail(f"jobs {names} still queued after {seconds:.0f} s")
-        time.sleep(2)
+def wait_ended(*names: str) -> None:
+    """Until no job of these names is queued or still running in accounting."""
+    wait_for(lambda: not any(unfinished(n) for n in names), f"jobs {names} ended",
+             DEADLINE_S, name=names[0])
 
 
 def cancel(*names: str) -> None:
@@ -267,7 +257,7 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         for job in (feature_id, array_id):
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True,
                            timeout=30)
-        wait_ended((name, feature_name))
+        wait_ended(name, feature_name)
     finally:
         cancel(name, feature_name)
 
@@ -293,7 +283,7 @@ def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         assert "reusing the complete cache" in again.stdout
         assert "submitted feature job" not in again.stdout
         assert "submitted 1 cell(s)" in again.stdout
-        wait_ended((name, feature_name))
+        wait_ended(name, feature_name)
     finally:
         cancel(name, feature_name)
     assert len(sacct("--name", feature_name, "-o", "JobID")) == 1

@@ -531,11 +531,15 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         calls = [CellJob(to_dict(configs[c.name]), run_ids[c.name]) for c in todo]
         folder = log_folder(p)
         executor = make_executor(p, folder)
+        if p.executor != "slurm":
+            os.environ.update(local_env(p.cfg))  # the local jobs, the feature job's too
+        fjob = None
+        if features.build is not None:
+            fjob = _submit_features(p, features.build, folder)
+            result["feature_job"] = fjob.job_id
+            tracking.client.set_tag(parent, TAG_FEATURE_JOB, fjob.job_id)
         if p.executor == "slurm":
-            if features.build is not None:
-                fjob = _submit_features(p, features.build, folder)
-                result["feature_job"] = fjob.job_id
-                tracking.client.set_tag(parent, TAG_FEATURE_JOB, fjob.job_id)
+            if fjob is not None:
                 out(f"submitted feature job {fjob.job_id} ({_tasks(p.cfg)} task(s)); the cells "
                     f"start when it has finished well (afterok)")
                 executor.update_parameters(**after(executor_parameters(p.cfg, "slurm"),
@@ -550,19 +554,11 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
                 f"(at most {p.cfg.launch.slurm.array_parallelism} at once); logs in {folder}")
             for cell, job in zip(todo, jobs):
                 out(f"  {job.job_id}  cell {cell.name}  {_values(cell)}")
+        elif fjob is None or _wait_features(fjob, out):
+            result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
+                                          p.cfg.launch.slurm.array_parallelism, folder, out)
         else:
-            os.environ.update(local_env(p.cfg))
-            built = True
-            if features.build is not None:
-                fjob = _submit_features(p, features.build, folder)
-                result["feature_job"] = fjob.job_id
-                tracking.client.set_tag(parent, TAG_FEATURE_JOB, fjob.job_id)
-                built = _wait_features(fjob, out)
-            if built:
-                result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
-                                              p.cfg.launch.slurm.array_parallelism, folder, out)
-            else:
-                result["failed"] = [c.name for c in todo]
+            result["failed"] = [c.name for c in todo]
     else:
         out("nothing to submit: every cell is finished or in flight")
     if p.executor == "local" and todo:

@@ -9,15 +9,17 @@ Pipelines, batches of 64 on `--threads` DALI CPU threads, each run alone in a fr
   decode    readers.webdataset → decoders.image (the whole 256 px crop; the loader benchmark's
             DALI ceiling)
   roi       decoders.image_crop of the centre 224 px (what the loader decodes)
-  bare      roi + crop_mirror_normalize to float32 CHW, ImageNet statistics (the loader's image
-            path with nothing else)
-  graph     meshrec.data.dali's eval pipeline itself (bare + the labels, the sample keys, the
-            reader's exactly-once settings), run bare with Pipeline.run()
+  cmn       roi + DALI's crop_mirror_normalize to float32 CHW, ImageNet statistics (DALI's own
+            way to normalise, which the loader used before: a scalar loop on the CPU)
+  bare      roi + meshrec.data.augment.Normalizer (uint8 HWC → float32 NCHW, channels-last
+            memory, in torch on the calling thread): the loader's image path with nothing else
+  graph     meshrec.data.dali's eval pipeline itself (roi + the labels, the sample keys, the
+            reader's exactly-once settings; its images leave as uint8), run with Pipeline.run()
   loader    build_loader(cfg, "val") with data.backend=dali: the graph + DALI's torch iterator +
             the Batch assembly, what bench/loader.py reports as `dali eval`
 Printed per kind: the median over rounds of img/s, cores kept busy and the process's CPU time per
 image (all threads), and each round's CPU time. The last line reads
-`decode_cpu_us=… bare_frac=… graph_frac=… loader_frac=… loader_rate_frac=…` (medians over rounds;
+`decode_cpu_us=… cmn_frac=… bare_frac=… graph_frac=… loader_frac=… loader_rate_frac=…` (medians over rounds;
 *_frac = decode CPU time / that kind's CPU time: the fraction of the decode rate it would reach
 with the cores as busy as the decoder keeps them; loader_rate_frac = loader img/s / decode img/s).
 """
@@ -39,7 +41,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-KINDS = ("decode", "roi", "bare", "graph", "loader")
+KINDS = ("decode", "roi", "cmn", "bare", "graph", "loader")
 BATCH, SIZE = 64, 224
 
 
@@ -86,7 +88,7 @@ def _batches(kind: str, shards: str, threads: int):
             return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
         img = fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
                                      device="cpu", output_type=types.RGB)
-        if kind == "roi":
+        if kind != "cmn":
             return img
         return fn.crop_mirror_normalize(img, output_layout="CHW", dtype=types.FLOAT,
                                         mean=[255.0 * v for v in augment.IMAGENET_MEAN],
@@ -94,7 +96,12 @@ def _batches(kind: str, shards: str, threads: int):
 
     p = pipe(batch_size=BATCH, num_threads=threads, device_id=None, seed=0)
     p.build()
-    return lambda: p.run() and BATCH
+    if kind != "bare":
+        return lambda: p.run() and BATCH
+    import torch
+
+    norm = augment.Normalizer(torch.float32)
+    return lambda: len(norm(torch.from_dlpack(p.run()[0].as_tensor()), hwc=True))
 
 
 def measure(kind: str, shards: str, threads: int, seconds: float) -> dict:
@@ -143,7 +150,8 @@ def main() -> None:
     frac = {k: float(np.median([d["cpu_us"] / r["cpu_us"]
                                 for d, r in zip(runs["decode"], runs[k])])) for k in KINDS}
     rate = float(np.median([r["img_s"] / d["img_s"] for d, r in zip(runs["decode"], runs["loader"])]))
-    print(f"decode_cpu_us={med['decode']['cpu_us']:.0f} bare_frac={frac['bare']:.2f} "
+    print(f"decode_cpu_us={med['decode']['cpu_us']:.0f} cmn_frac={frac['cmn']:.2f} "
+          f"bare_frac={frac['bare']:.2f} "
           f"graph_frac={frac['graph']:.2f} loader_frac={frac['loader']:.2f} "
           f"loader_rate_frac={rate:.2f}")
 

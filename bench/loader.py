@@ -17,9 +17,9 @@ Every loader produces batches of 64 ImageNet-normalised 224×224 float32 images 
                 the best of PIL and torchvision (libjpeg-turbo) in a process pool, and DALI's
                 decoder alone on `--workers` threads (also shown: PIL decode of the full frames,
                 the least a SPIN-style loader must do)
-  dali bare     DALI's own operators for the eval crop and nothing else: ROI decode of the
-                centre 224 px + crop_mirror_normalize to float32 CHW (no labels, keys or
-                iterator), to split the gap to the ceiling
+  dali bare     the eval crop's image work and nothing else: DALI's ROI decode of the centre
+                224 px + meshrec's torch normalisation (augment.Normalizer, as the loader does
+                on the CPU; no labels, keys or iterator), to split the gap to the ceiling
 Rates are images per second after a warm-up batch, on warm page cache, the median of
 `--rounds` interleaved rounds. For the in-process DALI loaders the CPU time of the process per
 image and the cores it kept busy are printed too: a ratio of CPU times moves far less with the
@@ -151,7 +151,7 @@ def pool_decode_rate(fn, blobs: list[bytes], workers: int, rounds: int = 3) -> f
 
 class DaliBare:
     """Batches of bare DALI CPU pipelines over the shards: the decoder alone (`normalise`
-    False), or ROI decode of the centre crop + crop_mirror_normalize, without labels or keys."""
+    False), or ROI decode of the centre crop + augment.Normalizer, without labels or keys."""
 
     def __init__(self, shards: list[shardset.Shard], workers: int, normalise: bool = False) -> None:
         from nvidia.dali import fn, pipeline_def, types
@@ -163,19 +163,19 @@ class DaliBare:
                                         dtypes=[types.UINT8])
             if not normalise:
                 return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
-            img = fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
-                                         device="cpu", output_type=types.RGB)
-            return fn.crop_mirror_normalize(
-                img, output_layout="CHW", dtype=types.FLOAT,
-                mean=[255.0 * v for v in augment.IMAGENET_MEAN],
-                std=[255.0 * v for v in augment.IMAGENET_STD])
+            return fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
+                                          device="cpu", output_type=types.RGB)
 
         self.pipe = bare(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
         self.pipe.build()
+        self.norm = augment.Normalizer(torch.float32) if normalise else None
 
     def __iter__(self):
         while True:
-            yield self.pipe.run()
+            out = self.pipe.run()
+            if self.norm is not None:
+                out = [self.norm(torch.from_dlpack(out[0].as_tensor()), hwc=True)]
+            yield out
 
 
 def packed_shards(data: str, frames: int, workers: int) -> tuple[str, str, str]:
@@ -239,7 +239,7 @@ def main() -> None:
     print(f"decode only, full frames (what SPIN-style must do at least): PIL {full:.1f} img/s")
     print(f"decode only, packed crops: PIL {pil:.1f}, torchvision {tv:.1f}, DALI {dali_dec:.1f} img/s "
           f"→ ceiling {ceiling:.1f}")
-    print(f"dali bare (ROI decode + crop_mirror_normalize only) {bare:.1f} img/s")
+    print(f"dali bare (ROI decode + torch normalisation only) {bare:.1f} img/s")
     for name, line in cpu_lines.items():
         print(f"{name:12s} {line}")
     dali = rates["dali eval"]

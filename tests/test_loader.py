@@ -84,6 +84,25 @@ def pixels(image: torch.Tensor) -> torch.Tensor:
     return image.float() * std + mean
 
 
+@pytest.mark.parametrize("hwc", [False, True])
+def test_normalizer_matches_imagenet_statistics_in_either_layout(hwc):
+    gen = torch.Generator().manual_seed(0)
+    nchw = [torch.randint(0, 256, (n, 3, 7, 5), dtype=torch.uint8, generator=gen) for n in (4, 4, 3)]
+    mean = np.array(augment.IMAGENET_MEAN).reshape(1, 3, 1, 1) * 255.0
+    std = np.array(augment.IMAGENET_STD).reshape(1, 3, 1, 1) * 255.0
+    norm = augment.Normalizer(torch.float32)
+    outs = []
+    for x in nchw:  # two full batches, then a short last one
+        out = norm(x.permute(0, 2, 3, 1).contiguous() if hwc else x, hwc=hwc)
+        assert out.shape == x.shape and out.dtype == torch.float32
+        assert out.is_contiguous(memory_format=torch.channels_last if hwc else torch.contiguous_format)
+        ref = (x.numpy().astype(np.float64) - mean) / std
+        assert np.allclose(out.numpy(), ref, rtol=0, atol=1e-5)
+        outs.append(out)
+    # Buffers are reused in turn (clone what you keep): the first batch's memory is the third's.
+    assert outs[2].data_ptr() == outs[0].data_ptr() and outs[1].data_ptr() != outs[0].data_ptr()
+
+
 @pytest.mark.parametrize("size", [SIZE, WARPED])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, source, backend, size):

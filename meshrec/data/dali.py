@@ -21,10 +21,12 @@ and the iterator's counters); a loader built with it continues with the same sam
 same order and the same augmentation numbers as an uninterrupted run (tested).
 
 Images: one affine warp (meshrec.data.augment.affine_matrix, written here with DALI arithmetic on
-the per-sample random numbers), colour twist, then crop_mirror_normalize (flip, ImageNet
-statistics, CHW). An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop)
-skips the warp: only that region is decoded (`decoders.image_crop`), DALI's CPU warp being ~6×
-slower than a copy.
+the per-sample random numbers), colour twist, then on a GPU crop_mirror_normalize (flip, ImageNet
+statistics, CHW float16). On the CPU the flip is `fn.flip` and the batch leaves DALI as uint8 HWC;
+augment.Normalizer turns it into float32 NCHW (channels-last memory): DALI's CPU
+crop_mirror_normalize is a scalar loop that cost as much as the JPEG decode (bench/RESULTS.md).
+An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop) skips the warp: only
+that region is decoded (`decoders.image_crop`), DALI's CPU warp being ~6× slower than a copy.
 
 The label flip/rotation is done in torch after the iterator (meshrec.data.labels) from the
 augmentation numbers the pipeline outputs, so the pixels and the labels use the same draw.
@@ -114,10 +116,15 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
     if augmenting and aug.color_jitter > 0:
         img = fn.color_twist(img, brightness=p[Aug.BRIGHTNESS], contrast=p[Aug.CONTRAST],
                              saturation=p[Aug.SATURATION])
-    img = fn.crop_mirror_normalize(
-        img, mirror=flip if augmenting else 0, output_layout="CHW",
-        dtype=types.FLOAT16 if gpu else types.FLOAT,
-        mean=[255.0 * v for v in augment.IMAGENET_MEAN], std=[255.0 * v for v in augment.IMAGENET_STD])
+    if gpu:
+        img = fn.crop_mirror_normalize(
+            img, mirror=flip if augmenting else 0, output_layout="CHW", dtype=types.FLOAT16,
+            mean=[255.0 * v for v in augment.IMAGENET_MEAN],
+            std=[255.0 * v for v in augment.IMAGENET_STD])
+    elif augmenting:
+        # On the CPU the batch leaves as uint8 HWC and torch normalises it (augment.Normalizer):
+        # DALI's CPU crop_mirror_normalize is a scalar loop as costly as the decode.
+        img = fn.flip(img, horizontal=flip)
 
     labels = [fn.decoders.numpy(smpl)] + ([fn.decoders.numpy(rest[0])] if with_joints else [])
     if gpu:
@@ -166,6 +173,7 @@ class DaliLoader:
                 [pipe], self.output_map, reader_name=READER, auto_reset=True,
                 last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
         self.image_dtype = torch.float16 if gpu else torch.float32
+        self._normalize = None if gpu else augment.Normalizer(self.image_dtype)
 
     def __len__(self) -> int:
         return len(self._it)
@@ -191,7 +199,10 @@ class DaliLoader:
             aug_t = out.get("aug")
             if aug_t is None:
                 aug_t = torch.from_numpy(np.tile(augment.IDENTITY, (len(keys), 1)))
-            yield finish(out["image"], params, out.get("joints"), aug_t.to(params.device), keys,
+            image = out["image"]
+            if self._normalize is not None:
+                image = self._normalize(image, hwc=True)
+            yield finish(image, params, out.get("joints"), aug_t.to(params.device), keys,
                          self.pelvis)
 
     def state_dict(self) -> dict:

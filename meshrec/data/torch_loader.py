@@ -144,6 +144,7 @@ class TorchLoader:
         self._plan = _Plan()
         self._loader: DataLoader | None = None
         self.image_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self._normalize = augment.Normalizer(self.image_dtype)
 
     def __len__(self) -> int:
         return self.batches
@@ -188,7 +189,7 @@ class TorchLoader:
             raw["aug"] = torch.zeros(0, augment.NUM_PARAMS)
             if self.with_joints:
                 raw["joints"] = torch.zeros(0, 24, 4)
-        image = augment.normalize(raw["image"].to(dev, non_blocking=True), self.image_dtype)
+        image = self._normalize(raw["image"].to(dev, non_blocking=True))
         joints: Optional[torch.Tensor] = raw.get("joints")
         batch = finish(image, raw["params"].to(dev), None if joints is None else joints.to(dev),
                        raw["aug"].to(dev), raw["key"], self.pelvis)

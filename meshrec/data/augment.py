@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from meshrec.config import Augment
 
 CROP_FRACTION = 224.0 / 256.0
+CHUNK_BYTES = 1 << 20  # Normalizer's float32 work per step (fits a core's L2)
 NUM_PARAMS = 8
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=np.float32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -176,11 +177,15 @@ class Normalizer:
         b = images.shape[0]
         h, w = (images.shape[1], images.shape[2]) if hwc else (images.shape[2], images.shape[3])
         out = self._buffer(images.device, tuple(images.shape))[:b]
-        out.copy_(images)
         scale, shift = self._affine(images.device, w, hwc)
         # NHWC rows repeat (r, g, b) along W·3 values: a row-long pattern broadcasts contiguously.
         rows = out.view(b, h, w * 3) if hwc else out
-        torch.addcmul(shift, rows, scale, out=rows)
+        # About 1 MB at a time, so the multiply-add reads the cast's output from the core's cache.
+        step = max(1, CHUNK_BYTES // (h * w * 3 * 4))
+        for i in range(0, b, step):
+            part = rows[i:i + step]
+            part.copy_(images[i:i + step].view(part.shape))
+            torch.addcmul(shift, part, scale, out=part)
         out = out.permute(0, 3, 1, 2) if hwc else out
         return out if self.dtype == torch.float32 else out.to(self.dtype)
 

@@ -47,10 +47,10 @@ BATCH, SIZE = 64, 224
 
 def _batches(kind: str, shards: str, threads: int):
     """A callable that makes the next batch of `kind` and returns its number of images."""
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import pipeline_def
 
     from meshrec.config import Config, with_overrides
-    from meshrec.data import augment, build_loader, shardset
+    from meshrec.data import build_loader, shardset
 
     manifest = shardset.load_manifest(Path(shards))
     subjects = list(manifest["subjects"])
@@ -79,29 +79,10 @@ def _batches(kind: str, shards: str, threads: int):
         graph.build()
         return lambda: graph.run() and BATCH  # padding of the last batch decoded and counted
 
-    @pipeline_def
-    def pipe():
-        jpg = fn.readers.webdataset(paths=[s.tar for s in chosen],
-                                    index_paths=[s.index for s in chosen], ext=["jpg"],
-                                    dtypes=[types.UINT8])
-        if kind == "decode":
-            return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
-        img = fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
-                                     device="cpu", output_type=types.RGB)
-        if kind != "cmn":
-            return img
-        return fn.crop_mirror_normalize(img, output_layout="CHW", dtype=types.FLOAT,
-                                        mean=[255.0 * v for v in augment.IMAGENET_MEAN],
-                                        std=[255.0 * v for v in augment.IMAGENET_STD])
+    from loader import DaliBare  # bench/loader.py
 
-    p = pipe(batch_size=BATCH, num_threads=threads, device_id=None, seed=0)
-    p.build()
-    if kind != "bare":
-        return lambda: p.run() and BATCH
-    import torch
-
-    norm = augment.Normalizer(torch.float32)
-    return lambda: len(norm(torch.from_dlpack(p.run()[0].as_tensor()), hwc=True))
+    batches = iter(DaliBare(chosen, threads, kind))
+    return lambda: len(next(batches)[0])
 
 
 def measure(kind: str, shards: str, threads: int, seconds: float) -> dict:

@@ -150,10 +150,15 @@ def pool_decode_rate(fn, blobs: list[bytes], workers: int, rounds: int = 3) -> f
 
 
 class DaliBare:
-    """Batches of bare DALI CPU pipelines over the shards: the decoder alone (`normalise`
-    False), or ROI decode of the centre crop + augment.Normalizer, without labels or keys."""
+    """Batches of a bare DALI CPU pipeline over the shards, without labels or keys. `kind`:
+      decode  the decoder alone (the whole packed crop)
+      roi     ROI decode of the centre SIZE px (what the eval loader decodes)
+      cmn     roi + DALI's crop_mirror_normalize to float32 CHW (DALI's own normalise)
+      bare    roi + augment.Normalizer, as the loader normalises on the CPU"""
 
-    def __init__(self, shards: list[shardset.Shard], workers: int, normalise: bool = False) -> None:
+    KINDS = ("decode", "roi", "cmn", "bare")
+
+    def __init__(self, shards: list[shardset.Shard], workers: int, kind: str = "decode") -> None:
         from nvidia.dali import fn, pipeline_def, types
 
         @pipeline_def
@@ -161,14 +166,19 @@ class DaliBare:
             jpg = fn.readers.webdataset(paths=[s.tar for s in shards],
                                         index_paths=[s.index for s in shards], ext=["jpg"],
                                         dtypes=[types.UINT8])
-            if not normalise:
+            if kind == "decode":
                 return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
-            return fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
-                                          device="cpu", output_type=types.RGB)
+            img = fn.decoders.image_crop(jpg, crop=[SIZE, SIZE], crop_pos_x=0.5, crop_pos_y=0.5,
+                                         device="cpu", output_type=types.RGB)
+            if kind != "cmn":
+                return img
+            return fn.crop_mirror_normalize(img, output_layout="CHW", dtype=types.FLOAT,
+                                            mean=[255.0 * v for v in augment.IMAGENET_MEAN],
+                                            std=[255.0 * v for v in augment.IMAGENET_STD])
 
         self.pipe = bare(batch_size=BATCH, num_threads=workers, device_id=None, seed=0)
         self.pipe.build()
-        self.norm = augment.Normalizer(torch.float32) if normalise else None
+        self.norm = augment.Normalizer(torch.float32) if kind == "bare" else None
 
     def __iter__(self):
         while True:
@@ -220,7 +230,7 @@ def main() -> None:
     meters["spin"] = Meter(DataLoader(SpinStyle(npz, root), batch_size=BATCH, shuffle=True,
                                       num_workers=w, drop_last=True, persistent_workers=True))
     meters["dali decode"] = Meter(DaliBare(shards, w))
-    meters["dali bare"] = Meter(DaliBare(shards, w, normalise=True))
+    meters["dali bare"] = Meter(DaliBare(shards, w, "bare"))
     for _ in range(args.rounds):
         for meter in meters.values():
             meter.round(args.seconds / args.rounds)

@@ -144,9 +144,9 @@ class Normalizer:
 
     Input NCHW (the torch fallback) or NHWC (`hwc=True`: DALI on the CPU). The output keeps the
     input's memory order (NHWC gives an NCHW tensor in channels-last memory), so the work is one
-    cast and one fused multiply-add over contiguous memory: ~57 µs per 224² image on one core
+    cast and one fused multiply-add over contiguous memory: ~60 µs per 224² image on one core
     here, against ~190 µs for DALI's CPU `crop_mirror_normalize` (a scalar loop with a
-    permute), which had cost as much as the JPEG decode. On the CPU the output memory is reused,
+    permute), which had cost as much as the JPEG decode (bench/RESULTS.md). On the CPU the output memory is reused,
     `slots` buffers in turn (a fresh 38 MB tensor per batch costs more in page faults than the
     arithmetic); see meshrec.data.batch: clone what you keep.
     """

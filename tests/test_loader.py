@@ -451,6 +451,22 @@ def test_gpu_pipeline_gives_the_cpu_pipelines_batches_on_the_gpu(shards, size):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_torch_backend_on_the_gpu_gives_its_cpu_batches_in_float16(shards, split):
+    # The fallback on a GPU node without DALI: same samples, augmentation and labels as on the
+    # CPU; only the normalised image is float16 on the GPU (rounding: under 0.1 of a grey level).
+    cfg = config(shards, "torch")
+    gpu, cpu = take(build_loader(cfg, split, device="cuda"), 3), take(build_loader(cfg, split), 3)
+    assert [b["key"] for b in gpu] == [b["key"] for b in cpu] and len(gpu) == 3
+    for g, c in zip(gpu, cpu):
+        assert g["image"].is_cuda and g["image"].dtype == torch.float16
+        assert torch.equal(g["aug"].cpu(), c["aug"]) and torch.equal(g["params"].cpu(), c["params"])
+        diff = (pixels(g["image"].cpu()) - pixels(c["image"])).abs()
+        assert diff.max() < 0.25, diff.max()
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_augmentation_matches_the_torch_transform_of_its_numbers(shards):
     batch = take(build_loader(config(shards, "dali"), "train", device="cuda"), 1)[0]
     assert batch["image"].is_cuda and batch["aug"][:, Aug.ANGLE].abs().max() > 1

@@ -118,7 +118,15 @@ def test_shards_repacked_in_place_make_the_default_cache_stale(cache, tmp_path):
     assert fc.check(cfg) is None
     shutil.rmtree(shards)
     shutil.copytree(second, shards)  # the same path, other contents
-    assert "shards_manifest_sha256" in fc.check(cfg)
+    stale = fc.check(cfg)
+    assert stale.kind == "stale" and "shards_manifest_sha256" in stale.what
+    assert str(stale).endswith("; rebuild it with `meshrec features --config …`")
+    # What a sweep says of it: its own job rebuilds the cache, so no advice to run one.
+    from meshrec.launch import feature_job
+
+    plan = feature_job.decide({"cell": cfg}, feature_job.share_keys({"cell": cfg}), dry_run=True)
+    assert plan.build is not None and plan.reason == (
+        f"feature cache: one feature job would rebuild it before the cells ({stale.what})")
     _, again = built(cache, tmp_path, f"data.shards={shards}")  # the builder rebuilds it
     assert again == root and fc.check(cfg) is None
 

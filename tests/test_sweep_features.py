@@ -133,9 +133,11 @@ def test_cells_asking_for_a_cache_nobody_builds_are_refused(tmp_path, cache):
     grid = write_grid(tmp_path / "grid.yaml", {"loss.w_body": [0.0, 1.0]})
     configs = job_configs(grid, settings(tmp_path, cache, "own", "features.enabled=true"))
     keys = feature_job.share_keys(configs)
-    with pytest.raises(MeshrecError, match=r"features.enabled=true but no feature cache at"):
+    with pytest.raises(MeshrecError, match=r"features.enabled=true but no feature cache at") as err:
         feature_job.decide(configs, keys, use_cache=False)
-    assert feature_job.decide(configs, keys).build is not None  # the sweep would build it
+    assert str(err.value).count("build it") == 2  # the cache's own advice is not repeated
+    plan = feature_job.decide(configs, keys)  # the sweep builds it
+    assert plan.build is not None and "one feature job builds it before the cells" in plan.reason
 
 
 def test_dry_run_says_whether_a_feature_job_would_run_and_writes_nothing(tmp_path, cache):
@@ -162,7 +164,8 @@ def test_dry_run_says_whether_a_feature_job_would_run_and_writes_nothing(tmp_pat
     job_configs(grid, settings(tmp_path, cache, "dry"))
     lines.clear()
     sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, cache, "dry")), lines.append)
-    assert any(f"none yet in {tmp_path / 'features'}" in l for l in lines), lines
+    assert any(f"none yet in {tmp_path / 'features'}" in l and
+               "one feature job would build it before the cells" in l for l in lines), lines
 
 
 @pytest.mark.slow

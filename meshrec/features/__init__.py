@@ -23,6 +23,7 @@ config-side settings; the manifest then proves the rest (weights, shards) or nam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -179,18 +180,31 @@ def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return out
 
 
-def check(cfg: Config) -> Optional[str]:
-    """None when a complete cache for `cfg` is at cache_dir(cfg); else why not, in one line."""
+@dataclasses.dataclass(frozen=True)
+class Unusable:
+    """Why no cache at cache_dir(cfg) serves a config: `missing`, `stale` or `incomplete`, and
+    what was found (one line). str() adds the advice a user gets on its own."""
+
+    kind: str
+    what: str
+
+    def __str__(self) -> str:
+        verb = "build" if self.kind == "missing" else "rebuild"
+        return f"{self.what}; {verb} it with `meshrec features --config …`"
+
+
+def check(cfg: Config) -> Optional[Unusable]:
+    """None when a complete cache for `cfg` is at cache_dir(cfg); else why not."""
     root = cache_dir(cfg)
     manifest = read_manifest(root)
     if manifest is None:
-        return f"no feature cache at {root} (build it with `meshrec features --config …`)"
+        return Unusable("missing", f"no feature cache at {root}")
     diff = differences(manifest["identity"], identity(cfg))
     if diff:
-        return (f"feature cache {root} is stale: {'; '.join(diff)}; rebuild it with "
-                "`meshrec features --config …`")
+        return Unusable("stale", f"feature cache {root} is stale: {'; '.join(diff)}")
     for part in manifest.get("parts", []):
         path = root / PARTS / part["file"]
         if not path.is_file() or path.stat().st_size != part["bytes"]:
-            return f"feature cache {root} is incomplete: {path} is missing or truncated; rebuild it"
+            return Unusable("incomplete", f"feature cache {root} is incomplete: {path} is "
+                                          "missing or truncated")
     return None

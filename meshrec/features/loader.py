@@ -61,7 +61,7 @@ class FeatureLoader:
                  rank: int, world_size: int, device: torch.device, state: dict | None = None) -> None:
         reason = fc.check(cfg)
         if reason is not None:
-            raise MeshrecError(reason)
+            raise MeshrecError(str(reason))
         self.root = fc.cache_dir(cfg)
         manifest = fc.read_manifest(self.root)
         assert manifest is not None  # check() found it

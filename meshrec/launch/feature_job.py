@@ -16,7 +16,6 @@ complete cache already; without one the sweep stops before queueing anything.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Mapping, Optional
 
 import submitit
@@ -51,9 +50,10 @@ def share_keys(configs: Mapping[str, Config]) -> dict[str, str]:
 
 
 def decide(configs: Mapping[str, Config], keys: Mapping[str, str],
-           use_cache: bool = True) -> FeaturePlan:
+           use_cache: bool = True, dry_run: bool = False) -> FeaturePlan:
     """What the sweep does about features for the cells it is about to run (`configs`: their
-    job configs, `keys`: `share_keys` of at least those). Checks caches; builds nothing."""
+    job configs, `keys`: `share_keys` of at least those). Checks caches; builds nothing.
+    `dry_run`: the reason says what a launch would do."""
     from meshrec.features import cache_dir, check
 
     if not configs:
@@ -72,22 +72,18 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str],
         name, cfg = next(iter(configs.items()))
         cfg = cfg if cfg.features.enabled else with_overrides(cfg, [ENABLE], f"cell {name}")
         where = str(cache_dir(cfg))
-        missing = check(cfg)
-        if missing is None:
+        unusable = check(cfg)
+        if unusable is None:
             return FeaturePlan(True, None, where, f"feature cache: reusing the complete cache in "
                                                   f"{where}; no feature job")
-        if missing.startswith("no feature cache"):
+        build, rebuild = ("would build", "would rebuild") if dry_run else ("builds", "rebuilds")
+        if unusable.kind == "missing":
             return FeaturePlan(True, cfg, where, f"feature cache: none yet in {where}; one "
-                                                 f"feature job builds it before the cells")
-        return FeaturePlan(True, cfg, where, f"feature cache: one feature job rebuilds it before "
-                                             f"the cells ({_without_hint(missing)})")
+                                                 f"feature job {build} it before the cells")
+        return FeaturePlan(True, cfg, where, f"feature cache: one feature job {rebuild} it "
+                                             f"before the cells ({unusable.what})")
     _require_own_caches(configs, keys)
     return FeaturePlan(False, None, "", why)
-
-
-def _without_hint(reason: str) -> str:
-    """`check`'s reason without its advice to run `meshrec features` (the sweep does it)."""
-    return re.sub(r"[;,]?\s*\(?(re)?build it( with `[^`]*`)?\)?\s*$", "", reason)
 
 
 def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) -> None:
@@ -100,9 +96,9 @@ def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) 
         if not cfg.features.enabled or keys[name] in seen:
             continue
         seen.add(keys[name])
-        missing = check(cfg)
-        if missing is not None:
-            raise MeshrecError(f"cell {name}: features.enabled=true but {_without_hint(missing)};"
+        unusable = check(cfg)
+        if unusable is not None:
+            raise MeshrecError(f"cell {name}: features.enabled=true but {unusable.what};"
                                f" build it with `meshrec features --config …`, or let the sweep "
                                f"build it (one shared frozen encoder, without --no-feature-cache)")
 

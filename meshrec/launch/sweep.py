@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -853,8 +852,5 @@ def dry_run_features(p: Plan) -> feature_job.FeaturePlan:
                                        "before the cells (no shards here yet to check a cache "
                                        "against: generated data is made at launch)")
     configs = {c.name: job_config(p, c, str(shards[c.name])) for c in p.cells}
-    plan_ = feature_job.decide(configs, feature_job.share_keys(configs), p.feature_cache)
-    if plan_.build is not None:  # said as what would happen
-        return dataclasses.replace(plan_, reason=re.sub(r"feature job (re)?builds",
-                                                        r"feature job would \1build", plan_.reason))
-    return plan_
+    return feature_job.decide(configs, feature_job.share_keys(configs), p.feature_cache,
+                              dry_run=True)

@@ -362,3 +362,12 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, words):
 def test_cli_help():
     res = subprocess.run([sys.executable, str(SYNTH), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--frames-per-subject" in res.stdout and "--body" in res.stdout
+
+
+def test_a_worker_that_cannot_start_is_one_error_not_a_traceback(tmp_path, body_arrays):
+    # Workers build the body at start-up; without its skinning weights each one fails there.
+    broken = {k: v for k, v in body_arrays.items() if k != "weights"}
+    with pytest.raises(MeshrecError, match="rendering worker process stopped") as err:
+        writer.synthesize(tmp_path / "out", ["S1"], SETTINGS, broken, workers=2, progress=False)
+    assert "\n" not in str(err.value)
+

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -191,15 +192,22 @@ def _results(tasks: list[Task], settings: Settings, out_dir: Path, arrays: dict[
         for i, task in enumerate(tasks):
             yield (i, *run_task(body, task, settings, out_dir))
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(arrays,)) as pool:
-        futures = {pool.submit(_worker_task, t, settings, out_dir): i for i, t in enumerate(tasks)}
-        try:
-            for fut in as_completed(futures):
-                yield (futures[fut], *fut.result())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(arrays,)) as pool:
+            futures = {pool.submit(_worker_task, t, settings, out_dir): i
+                       for i, t in enumerate(tasks)}
+            try:
+                for fut in as_completed(futures):
+                    yield (futures[fut], *fut.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    except BrokenProcessPool:
+        # A worker died or its start-up failed (it printed why): one line here, not a traceback.
+        raise MeshrecError(f"a rendering worker process stopped (killed, out of memory, or its "
+                           f"start-up failed: see its message above); frames made so far in "
+                           f"{out_dir} are kept and a re-run continues") from None
 
 
 def default_workers() -> int:

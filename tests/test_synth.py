@@ -370,4 +370,3 @@ def test_a_worker_that_cannot_start_is_one_error_not_a_traceback(tmp_path, body_
     with pytest.raises(MeshrecError, match="rendering worker process stopped") as err:
         writer.synthesize(tmp_path / "out", ["S1"], SETTINGS, broken, workers=2, progress=False)
     assert "\n" not in str(err.value)
-

@@ -98,9 +98,9 @@ def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) 
         seen.add(keys[name])
         unusable = check(cfg)
         if unusable is not None:
-            raise MeshrecError(f"cell {name}: features.enabled=true but {unusable.what};"
-                               f" build it with `meshrec features --config …`, or let the sweep "
-                               f"build it (one shared frozen encoder, without --no-feature-cache)")
+            raise MeshrecError(f"cell {name}: features.enabled=true but {unusable}, or let the "
+                               f"sweep build it (one shared frozen encoder, without "
+                               f"--no-feature-cache)")
 
 
 class FeatureJob(submitit.helpers.Checkpointable):

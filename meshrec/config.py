@@ -75,7 +75,9 @@ class Body:
     standin_seed: int = _f(0, "seed of the generated stand-in body model", min=0)
     cache_dir: str = _f("~/.cache/meshrec", "where generated files (stand-in body, demo shards) "
                         "are cached", hash=False)
-    h36m_regressor: str = _f("", "J_regressor_h36m.npy for 17-joint metrics; '' = SMPL's 24 joints")
+    h36m_regressor: str = _f("", "J_regressor_h36m.npy (17 x vertices): Human3.6M's joints for "
+                             "loss.w_joint3d, loss.w_kp2d, the h36m protocols and metrics; '' = the "
+                             "stand-in's generated one (stand-in body) or none (an SMPL file)")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ class Loss:
     w_body: float = _f(0.0, "weight of the body pose term", min=0.0)
     w_hand: float = _f(0.0, "weight of the wrist/hand pose term", min=0.0)
     w_loc: float = _f(0.0, "weight of the global orientation (+ translation) term", min=0.0)
+    w_joint3d: float = _f(0.0, "weight of the 17 Human3.6M joints regressed from the mesh against "
+                          "the samples' 3D joints (pelvis-centred, confidence-weighted)", min=0.0)
+    w_kp2d: float = _f(0.0, "weight of the 2D reprojection of those joints through the predicted "
+                       "weak-perspective camera against the crop keypoints", min=0.0)
     supervise: str = _f("last", "regressor iterations supervised", choices=("all", "last"))
 
 
@@ -190,6 +196,10 @@ class Eval:
                                    pattern=SUBJECT, unique=True)
     every_epochs: int = _f(1, "validate every N epochs; 0 = only at the end", min=0, hash=False)
     batch_size: int = _f(64, "evaluation batch over all ranks", min=1, hash=False)
+    protocol: str = _f("smpl", "validation and `meshrec eval` metrics: smpl = vertex and joint "
+                       "errors against SMPL labels; h36m-p1 / h36m-p2 = SPIN's protocols (14 joints "
+                       "of the regressed mesh against the mocap joints; p2: camera 60457274 only)",
+                       choices=("smpl", "h36m-p1", "h36m-p2"))
 
 
 @dataclass(frozen=True)
@@ -416,7 +426,7 @@ def _cross_check(cfg: Config, origins: Mapping[str, tuple[int, str]]) -> None:
         return ConfigError(f"{origins.get(key, (-1, 'defaults'))[1]}: {key}: {msg}")
 
     loss = cfg.loss
-    weights = ("w_vert", "w_joint", "w_shape", "w_body", "w_hand", "w_loc")
+    weights = ("w_vert", "w_joint", "w_shape", "w_body", "w_hand", "w_loc", "w_joint3d", "w_kp2d")
     if not any(getattr(loss, w) for w in weights):
         raise fail([f"loss.{w}" for w in weights],
                    "every loss weight is 0; nothing would be trained")

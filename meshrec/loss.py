@@ -1,7 +1,18 @@
-"""Training loss: vertices through the SMPL layer, plus optional weighted parameter-group terms.
+"""Training loss: vertices through the SMPL layer, optional parameter-group terms, and joint terms
+for samples that carry joints instead of (or beside) SMPL labels.
 
     total = w_vert·D(vertices) + w_joint·D(24 SMPL joints) + w_shape·D(betas)
           + w_body·D(body pose) + w_hand·D(wrist/hand pose) + w_loc·D(global orient [+ transl])
+          + w_joint3d·Dc(17 H36M joints) + w_kp2d·Dc(their 2D projections)
+
+SMPL terms (vertices, SMPL joints, groups) use only the samples with an SMPL label (`has_smpl`)
+and are means over those samples; a batch without any contributes 0 (never NaN). The joint
+terms use every sample: the 17 Human3.6M joints are regressed from the predicted mesh
+(`body.h36m_regressor`); 3D: pelvis-centred, against the sample's pelvis-centred joints; 2D: the
+regressed joints (root-relative) through the predicted weak-perspective camera, s·(X_xy + t), in
+the crop's normalised coordinates (2·(u + 0.5)/S − 1 of OpenCV pixel u, S the input side), against
+the crop keypoints. Dc weighs each joint by its confidence c: Σ c·d / (k·Σ c) over the k
+coordinates, 0 when Σ c = 0 (a batch without joints).
 
 D is the mean squared error (`loss.type: l2`, the study's loss) or the mean absolute error
 (`l1`) over every entry. Vertices and joints are root-relative (the pelvis joint subtracted
@@ -87,21 +98,48 @@ def _mesh(body: BodyModel, params: Tensor, rotmat: Tensor | None, camera: bool
     return verts, joints
 
 
-def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config) -> tuple[Tensor, dict[str, Tensor]]:
-    """(total loss, {term: detached unweighted value}) for a `meshrec.model.Prediction`."""
+def _weighted(pred: Tensor, true: Tensor, conf: Tensor, kind: str) -> Tensor:
+    """Confidence-weighted mean distance over joints: pred/true [..., J, k], conf [..., J];
+    pred may carry a leading iterations axis that `true` and `conf` broadcast over."""
+    diff = pred - true
+    per = (diff * diff) if kind == "l2" else diff.abs()
+    if kind not in ("l1", "l2"):
+        raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
+    conf = conf.expand(per.shape[:-1])
+    total = conf.sum() * per.shape[-1]
+    return (per.sum(-1) * conf).sum() / total.clamp_min(1e-12)
+
+
+def normalized_keypoints(uv: Tensor, size: int) -> Tensor:
+    """Crop pixels (OpenCV: pixel i's centre at i) → the crop's normalised coordinates [-1, 1]."""
+    return (uv + 0.5) * (2.0 / size) - 1.0
+
+
+def project(joints: Tensor, camera: Tensor) -> Tensor:
+    """Weak perspective (HMR): [..., J, 3] points, [..., 3] cameras (s, tx, ty) → [..., J, 2]."""
+    return camera[..., None, :1] * (joints[..., :2] + camera[..., None, 1:])
+
+
+def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config,
+                 regressor: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """(total loss, {term: detached unweighted value}) for a `meshrec.model.Prediction`.
+
+    `regressor` (17, V) is needed when loss.w_joint3d or loss.w_kp2d is set."""
     w = cfg.loss
-    steps = pred.params if w.supervise == "all" else pred.params[-1:]
-    rots = None
-    if pred.rotmat is not None:
-        rots = pred.rotmat if w.supervise == "all" else pred.rotmat[-1:]
+    last = slice(None) if w.supervise == "all" else slice(-1, None)
+    steps, cams = pred.params[last], pred.camera[last]
+    rots = None if pred.rotmat is None else pred.rotmat[last]
     n, size = len(steps), steps[0].shape[-1]
     camera = layout.has_transl(steps[0])
     device = steps[0].device
     true = _true_params(batch, size, device)
     batch_size = true.shape[0]
-    # All supervised iterations go through SMPL in one call: [n, B, ...] flattened to [n·B, ...].
-    p = torch.stack(steps).float()
+    labelled = batch.get("has_smpl")
+    labelled = (torch.ones(batch_size, dtype=torch.bool, device=device) if labelled is None
+                else labelled.to(device=device, dtype=torch.bool))
+    p = torch.stack(steps).float()                       # [n, B, P]
     r = None if rots is None else torch.stack(rots).float()
+    zero = p.sum() * 0.0  # a 0 that keeps the graph (every parameter gets a gradient, as DDP wants)
 
     weighted: list[Tensor] = []
     terms: dict[str, Tensor] = {}
@@ -110,27 +148,67 @@ def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config) -> tuple[Tenso
         terms[name] = value.detach()
         weighted.append(weight * value)
 
-    if w.w_vert > 0 or w.w_joint > 0:
-        with torch.no_grad():
-            true_v, true_j = _mesh(body, true, None, camera)
-        flat_r = None if r is None else r.flatten(0, 1)
-        pred_v, pred_j = _mesh(body, p.flatten(0, 1), flat_r, camera)
-        pred_v = pred_v.unflatten(0, (n, batch_size))
-        pred_j = pred_j.unflatten(0, (n, batch_size))
-        if w.w_vert > 0:
-            add("vert", w.w_vert, distance(pred_v, true_v, w.type))
-        if w.w_joint > 0:
-            add("joint", w.w_joint, distance(pred_j, true_j, w.type))
+    smpl_terms = [t for t in ("vert", "joint", *GROUP_TERMS) if getattr(w, f"w_{t}") > 0]
+    joint_terms = w.w_joint3d > 0 or w.w_kp2d > 0
+    if joint_terms and regressor is None:
+        raise MeshrecError("loss.w_joint3d / loss.w_kp2d need the Human3.6M joint regressor "
+                           "(body.h36m_regressor)")
+    any_labelled = bool(labelled.any()) if smpl_terms else False
+    lab = labelled.nonzero().squeeze(1) if any_labelled else None
+
+    if w.w_vert > 0 or w.w_joint > 0 or joint_terms:
+        # Every sample's mesh when joint terms need it, else only the labelled ones'.
+        rows = None if joint_terms else lab
+        if rows is not None or joint_terms:
+            pp = p if rows is None else p[:, rows]
+            rr = None if r is None else (r if rows is None else r[:, rows])
+            m = pp.shape[1]
+            flat_r = None if rr is None else rr.flatten(0, 1)
+            pred_v, pred_j = _mesh(body, pp.flatten(0, 1), flat_r, camera)
+            pred_v = pred_v.unflatten(0, (n, m))
+            pred_j = pred_j.unflatten(0, (n, m))
+            if any_labelled and (w.w_vert > 0 or w.w_joint > 0):
+                with torch.no_grad():
+                    true_v, true_j = _mesh(body, true[lab], None, camera)
+                sel_v = pred_v if rows is not None else pred_v[:, lab]
+                sel_j = pred_j if rows is not None else pred_j[:, lab]
+                if w.w_vert > 0:
+                    add("vert", w.w_vert, distance(sel_v, true_v, w.type))
+                if w.w_joint > 0:
+                    add("joint", w.w_joint, distance(sel_j, true_j, w.type))
+            if joint_terms:
+                # Root-relative vertices (no translation) → the 17 regressed joints.
+                rel = pred_v - pred_j[..., :1, :] if camera else pred_v
+                j17 = torch.einsum("jv,nbvc->nbjc", regressor.to(rel), rel)
+                if w.w_joint3d > 0:
+                    j3d = batch["j3d"].to(device=device, dtype=torch.float32)
+                    centred = j17 - j17[..., :1, :]
+                    add("joint3d", w.w_joint3d,
+                        _weighted(centred, j3d[..., :3] - j3d[:, :1, :3], j3d[..., 3], w.type))
+                if w.w_kp2d > 0:
+                    kp = batch["kp2d"].to(device=device, dtype=torch.float32)
+                    uv = project(j17, torch.stack(cams).float())
+                    add("kp2d", w.w_kp2d, _weighted(
+                        uv, normalized_keypoints(kp[..., :2], cfg.data.image_size), kp[..., 2],
+                        w.type))
+    for name in ("vert", "joint"):
+        if getattr(w, f"w_{name}") > 0 and name not in terms:
+            add(name, getattr(w, f"w_{name}"), zero)
 
     true_r = None
     for name in GROUP_TERMS:
         weight = getattr(cfg.loss, f"w_{name}")
         if weight <= 0:
             continue
-        if r is not None and true_r is None:
-            true_r = axis_angle_to_matrix(true[:, layout.POSE].reshape(batch_size, -1, 3))
-        add(name, weight, distance(_group_values(name, p, r, camera),
-                                   _group_values(name, true, true_r, camera), w.type))
+        if not any_labelled:
+            add(name, weight, zero)
+            continue
+        pl, tl = p[:, lab], true[lab]
+        rl = None if r is None else r[:, lab]
+        if rl is not None and true_r is None:
+            true_r = axis_angle_to_matrix(tl[:, layout.POSE].reshape(tl.shape[0], -1, 3))
+        add(name, weight, distance(_group_values(name, pl, rl, camera),
+                                   _group_values(name, tl, true_r, camera), w.type))
 
     if not weighted:
         raise MeshrecError("every loss weight is 0; nothing would be trained")

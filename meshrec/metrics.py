@@ -22,10 +22,14 @@ import numpy as np
 MM = 1000.0
 
 
-def _f64(x: Any) -> np.ndarray:
+def as_float64(x: Any) -> np.ndarray:
+    """A NumPy array or torch tensor (any dtype or device) as a float64 NumPy array."""
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+_f64 = as_float64
 
 
 def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:

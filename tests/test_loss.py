@@ -39,7 +39,8 @@ def _pred(*steps: torch.Tensor, sixd: bool = False) -> Prediction:
     rot = None
     if sixd:
         rot = [axis_angle_to_matrix(s[:, layout.POSE].reshape(s.shape[0], 24, 3)) for s in steps]
-    return Prediction(list(steps), rot)
+    return Prediction(list(steps), rot, [torch.tensor([[0.9, 0.0, 0.0]]).expand(s.shape[0], 3)
+                                        for s in steps])
 
 
 @pytest.mark.parametrize("sixd", [False, True])
@@ -159,3 +160,114 @@ def test_smpl_output_float32_and_bf16_cpu_step(body):
     assert total.dtype == torch.float32 and torch.isfinite(total)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+# ---------------------------------------------------------------- mixed and joints-only batches
+
+def _regressor(body: BodyModel, seed: int = 3) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    reg = np.zeros((17, body.num_vertices))
+    for j in range(17):
+        cols = rng.choice(body.num_vertices, 6, replace=False)
+        reg[j, cols] = rng.dirichlet(np.ones(6))
+    return torch.as_tensor(reg, dtype=torch.float32)
+
+
+def _root_relative(body: BodyModel, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    out = body(params)
+    v, j = out.vertices.double().numpy(), out.joints.double().numpy()
+    return v - j[:, :1], j - j[:, :1]
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_smpl_terms_average_over_the_labelled_samples_only(body, kind):
+    true = _truth(batch=4)
+    pred = true + 0.1 * torch.randn(4, 82, generator=torch.Generator().manual_seed(0))
+    has = torch.tensor([True, False, True, False])
+    garbage = true.clone()
+    garbage[~has] = 1e3  # labels of unlabelled samples must not enter any term
+    cfg = _cfg(f"loss.type={kind}", "loss.w_vert=1", "loss.w_shape=1", "loss.w_joint=1")
+    total, terms = compute_loss(_pred(pred), {"params": garbage, "has_smpl": has}, body, cfg)
+    assert torch.isfinite(total)
+    pv, pj = _root_relative(body, pred[has])
+    tv, tj = _root_relative(body, true[has])
+    d = lambda a, b: ((a - b) ** 2).mean() if kind == "l2" else np.abs(a - b).mean()  # noqa: E731
+    assert terms["vert"].item() == pytest.approx(d(pv, tv), rel=1e-4)
+    assert terms["joint"].item() == pytest.approx(d(pj, tj), rel=1e-4)
+    betas = lambda x: x[has][:, layout.BETAS].double().numpy()  # noqa: E731
+    assert terms["shape"].item() == pytest.approx(d(betas(pred), betas(true)), rel=1e-5)
+
+
+def test_a_batch_without_smpl_labels_contributes_zero_not_nan(body):
+    true = _truth(batch=3)
+    pred = (true + 0.1).requires_grad_(True)
+    cfg = _cfg("loss.w_vert=1", "loss.w_body=1", "loss.w_joint3d=1")
+    j3d = torch.zeros(3, 17, 4)
+    j3d[..., :3] = torch.randn(3, 17, 3) * 0.3
+    j3d[..., 3] = 1.0
+    batch = {"params": torch.zeros(3, 82), "has_smpl": torch.zeros(3, dtype=torch.bool),
+             "j3d": j3d}
+    total, terms = compute_loss(_pred(pred), batch, body, cfg, _regressor(body))
+    assert terms["vert"].item() == 0.0 and terms["body"].item() == 0.0
+    assert terms["joint3d"].item() > 0 and torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_joint3d_term_by_hand_pelvis_centred_and_confidence_weighted(body, kind):
+    reg = _regressor(body)
+    pred = _truth(batch=2, seed=4)
+    v, _ = _root_relative(body, pred)
+    j17 = np.einsum("jv,bvc->bjc", reg.double().numpy(), v)
+    j17 -= j17[:, :1]
+    rng = np.random.default_rng(5)
+    target = j17 + rng.normal(0, 0.05, j17.shape) + 2.0  # an offset the pelvis centring removes
+    conf = rng.uniform(0, 1, (2, 17))
+    conf[0, 5] = 0.0
+    target[0, 5] += 100.0                                # ignored: confidence 0
+    j3d = torch.as_tensor(np.concatenate([target, conf[..., None]], -1), dtype=torch.float32)
+    cfg = _cfg(f"loss.type={kind}", "loss.w_vert=0", "loss.w_joint3d=2")
+    total, terms = compute_loss(_pred(pred), {"params": torch.zeros(2, 82), "j3d": j3d,
+                                              "has_smpl": torch.zeros(2, dtype=torch.bool)},
+                                body, cfg, reg)
+    centred = target - target[:, :1]
+    diff = j17 - centred
+    per = (diff ** 2).sum(-1) if kind == "l2" else np.abs(diff).sum(-1)
+    want = (per * conf).sum() / (3 * conf.sum())
+    assert terms["joint3d"].item() == pytest.approx(want, rel=1e-4)
+    assert total.item() == pytest.approx(2 * want, rel=1e-4)
+
+
+def test_kp2d_term_is_zero_on_its_own_projection_and_by_hand_elsewhere(body):
+    from meshrec.loss import normalized_keypoints, project
+
+    reg = _regressor(body)
+    pred = _truth(batch=2, seed=6)
+    cam = torch.tensor([[1.1, 0.05, -0.1], [0.8, -0.2, 0.3]])
+    size = 224
+    cfg = _cfg("loss.w_vert=0", "loss.w_kp2d=1", f"data.image_size={size}")
+    v, _ = _root_relative(body, pred)
+    j17 = np.einsum("jv,bvc->bjc", reg.double().numpy(), v)
+    # by hand: s·(X + t) normalised, back to OpenCV pixels u = (n + 1)·S/2 − 0.5
+    n = cam[:, None, :1].double().numpy() * (j17[..., :2] + cam[:, None, 1:].double().numpy())
+    px = (n + 1) * size / 2 - 0.5
+    kp = torch.as_tensor(np.concatenate([px, np.ones((2, 17, 1))], -1), dtype=torch.float32)
+    prediction = Prediction([pred], None, [cam])
+    batch = {"params": torch.zeros(2, 82), "has_smpl": torch.zeros(2, dtype=torch.bool), "kp2d": kp}
+    _, terms = compute_loss(prediction, batch, body, cfg, reg)
+    assert terms["kp2d"].item() < 1e-10
+    assert torch.allclose(normalized_keypoints(kp[..., :2], size), torch.as_tensor(n).float(), atol=1e-5)
+    shifted = kp.clone()
+    shifted[..., 0] += 11.2  # 11.2 px = 0.1 in normalised units at 224 px
+    _, terms = compute_loss(prediction, {**batch, "kp2d": shifted}, body, cfg, reg)
+    assert terms["kp2d"].item() == pytest.approx(0.1 ** 2 / 2, rel=1e-3)
+    assert project(torch.zeros(1, 1, 3), torch.tensor([[2.0, 0.5, -0.5]])).tolist() == [[[1.0, -1.0]]]
+
+
+def test_joint_terms_without_a_regressor_are_refused(body):
+    from meshrec.errors import MeshrecError
+
+    cfg = _cfg("loss.w_joint3d=1")
+    with pytest.raises(MeshrecError, match="h36m_regressor"):
+        compute_loss(_pred(_truth()), {"params": _truth(), "j3d": torch.zeros(3, 17, 4)}, body, cfg)

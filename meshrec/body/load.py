@@ -49,3 +49,16 @@ def load_body_model(body: Body):
     else:
         log.info("body model: SMPL-format file %s", path)
     return model
+
+
+def load_h36m_regressor(body: Body, num_vertices: int):
+    """(17, V) Human3.6M joint regressor of the configured body, or None.  (provisional)"""
+    import numpy as np
+
+    if not body.h36m_regressor:
+        return None
+    reg = np.load(Path(body.h36m_regressor).expanduser(), allow_pickle=False)
+    if reg.shape != (17, num_vertices):
+        raise MeshrecError(f"body.h36m_regressor: {body.h36m_regressor} has shape {reg.shape}; "
+                           f"expected (17, {num_vertices})")
+    return reg

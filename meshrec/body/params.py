@@ -109,6 +109,35 @@ def groups(with_transl: bool = False) -> dict[str, np.ndarray]:
     }
 
 
+def neutral_params() -> np.ndarray:
+    """An upright body facing an OpenCV camera (x right, y down, z forward): global orientation
+    π about x, zero body pose and betas. The start of a regressor without SMPL labels to average."""
+    out = np.zeros(SIZE, dtype=np.float64)
+    out[GLOBAL_ORIENT] = (np.pi, 0.0, 0.0)
+    return out
+
+
+def _read_mean_file(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    name = os.fspath(path)
+    try:
+        with np.load(name, allow_pickle=False) as data:
+            return name, {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise MeshrecError(f"mean parameters file {name} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise MeshrecError(f"cannot read mean parameters {name}: {exc}") from None
+
+
+def load_spin_mean_camera(path: str | os.PathLike) -> np.ndarray:
+    """`cam` (3: weak-perspective s, tx, ty) of SPIN/HMR's `smpl_mean_params.npz`, float64."""
+    name, arrays = _read_mean_file(path)
+    cam = arrays.get("cam")
+    if cam is None or cam.size != 3 or not np.isfinite(cam).all():
+        raise MeshrecError(f"mean parameters {name}: 'cam' must be 3 finite numbers "
+                           f"(SPIN's smpl_mean_params.npz has pose, shape, cam)")
+    return cam.astype(np.float64).reshape(3)
+
+
 def load_spin_mean_params(path: str | os.PathLike) -> np.ndarray:
     """SPIN/HMR's `smpl_mean_params.npz` → float64 vector of length 82 in our layout.
 
@@ -119,14 +148,7 @@ def load_spin_mean_params(path: str | os.PathLike) -> np.ndarray:
 
     from meshrec.body.rotations import rot6d_to_axis_angle
 
-    name = os.fspath(path)
-    try:
-        with np.load(name, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-    except FileNotFoundError:
-        raise MeshrecError(f"mean parameters file {name} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise MeshrecError(f"cannot read mean parameters {name}: {exc}") from None
+    name, arrays = _read_mean_file(path)
     for key, want in (("pose", 6 * NUM_JOINTS), ("shape", NUM_BETAS)):
         if key not in arrays:
             raise MeshrecError(f"mean parameters {name} has no key '{key}' "

@@ -16,7 +16,7 @@ from meshrec.body import params as layout
 from meshrec.config import Config
 from meshrec.errors import MeshrecError
 from meshrec.model.encoder import Encoder, build_encoder, prefetch_weights
-from meshrec.model.heads import build_head
+from meshrec.model.heads import MEAN_CAMERA, build_head
 
 __all__ = ["MeshRegressor", "Prediction", "build_model", "prefetch_weights"]
 
@@ -24,6 +24,7 @@ __all__ = ["MeshRegressor", "Prediction", "build_model", "prefetch_weights"]
 class Prediction(NamedTuple):
     params: list[Tensor]            # [B, P] axis-angle layout, one per regressor iteration
     rotmat: list[Tensor] | None     # [B, 24, 3, 3] per iteration when model.pose_repr == "6d"
+    camera: list[Tensor]            # [B, 3] weak-perspective (s, tx, ty) per iteration
 
 
 class MeshRegressor(nn.Module):
@@ -42,7 +43,7 @@ class MeshRegressor(nn.Module):
     def forward_features(self, features: Tensor) -> Prediction:
         """The head alone, for training from cached frozen-encoder features."""
         out = self.head(features)
-        return Prediction(out.params, out.rotmat)
+        return Prediction(out.params, out.rotmat, out.camera)
 
 
 def _mean_for(cfg: Config, mean_params: np.ndarray) -> np.ndarray:
@@ -56,9 +57,17 @@ def _mean_for(cfg: Config, mean_params: np.ndarray) -> np.ndarray:
     return mean if cfg.model.predict_translation else mean[: layout.SIZE]
 
 
+def mean_camera(cfg: Config) -> np.ndarray:
+    """Ψ_0's camera: `cam` of SPIN's mean file when model.mean_params names one, else MEAN_CAMERA."""
+    if not cfg.model.mean_params:
+        return np.asarray(MEAN_CAMERA, dtype=np.float64)
+    return layout.load_spin_mean_camera(cfg.model.mean_params)
+
+
 def build_model(cfg: Config, mean_params: np.ndarray) -> MeshRegressor:
     m = cfg.model
     encoder = build_encoder(m.encoder, m.weights, m.freeze_encoder)
     head = build_head(m.head, encoder.dim, _mean_for(cfg, mean_params), hidden=m.hidden,
-                      dropout=m.dropout, iterations=m.iterations, pose_repr=m.pose_repr)
+                      dropout=m.dropout, iterations=m.iterations, pose_repr=m.pose_repr,
+                      mean_camera=mean_camera(cfg))
     return MeshRegressor(encoder, head)

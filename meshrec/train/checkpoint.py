@@ -144,6 +144,13 @@ def load_model_state(core: torch.nn.Module, state: Mapping[str, Any], where: str
                 f"this config builds {mine[:12]}): model.encoder, model.weights, train.seed or "
                 "the weights file differ")
         weights.update({k: v for k, v in core.state_dict().items() if k.startswith(ENCODER)})
+    mine = core.state_dict()
+    odd = [k for k, v in weights.items() if k in mine and tuple(v.shape) != tuple(mine[k].shape)]
+    if odd:
+        raise MeshrecError(
+            f"{where} does not fit this model: {odd[0]} has shape {tuple(weights[odd[0]].shape)}, "
+            f"the model's is {tuple(mine[odd[0]].shape)} (a checkpoint from before the head "
+            f"predicted a camera, or another model config)")
     core.load_state_dict(weights)
 
 

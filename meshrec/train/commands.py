@@ -88,27 +88,49 @@ def _eval(args: argparse.Namespace) -> int:
     if args.subjects:
         subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
         overrides.append(f"eval.subjects=[{','.join(subjects)}]")
+    if args.shards:
+        overrides.append(f"data.shards={args.shards}")
+    if args.protocol:
+        overrides.append(f"eval.protocol={args.protocol}")
     t = load_trained(args.checkpoint, overrides, args.device)
     cfg = with_shards(t.cfg)
-    joints = evaluate.load_joints(cfg.body.h36m_regressor, t.body.num_vertices)
+    protocol = cfg.eval.protocol
+    joints = evaluate.body_joints(cfg.body, t.body.num_vertices)
+    _check_eval_labels(cfg)
     loader = build_loader(cfg, "test", 0, 1, t.device)
-    rec = evaluate.evaluate(t.model, loader, t.body, joints, t.mean_params, t.amp, t.device)
+    rec = evaluate.evaluate(t.model, loader, t.body, joints, t.mean_params, t.amp, t.device,
+                            protocol=protocol)
     if not rec.keys:
-        raise MeshrecError(f"no samples of {', '.join(cfg.eval.subjects)} in {cfg.data.shards}")
-    print(f"checkpoint {args.checkpoint} (step {t.step}); subjects {', '.join(cfg.eval.subjects)}; "
-          f"{len(rec.keys)} samples; joints: {joints.label}; body: {t.body.kind}")
+        raise MeshrecError(f"no sample of {', '.join(cfg.eval.subjects)} in {cfg.data.shards} "
+                           f"can be scored under protocol {protocol} ({rec.skipped} lack its "
+                           f"labels or camera)")
+    print(f"checkpoint {args.checkpoint} (step {t.step}); protocol {protocol}; subjects "
+          f"{', '.join(cfg.eval.subjects)}; {len(rec.keys)} samples"
+          + (f" ({rec.skipped} not scored by the protocol)" if rec.skipped else "")
+          + f"; joints: {'H36M-14 of the regressed mesh vs mocap' if protocol != 'smpl' else joints.label}"
+          f"; body: {t.body.kind}")
     print()
     print(evaluate.table(rec, "subject"))
     print()
     print(evaluate.table(rec, "action"))
     print()
-    m = evaluate.means(rec.model)
     b = evaluate.means(rec.baseline)
-    print(f"mean-params baseline: mse={b['mse']:.6f} pve_mm={b['pve_mm']:.2f} "
-          f"mpjpe_mm={b['mpjpe_mm']:.2f} pa_mpjpe_mm={b['pa_mpjpe_mm']:.2f}")
-    print(f"mse={m['mse']:.6f} pve_mm={m['pve_mm']:.2f} mpjpe_mm={m['mpjpe_mm']:.2f} "
-          f"pa_mpjpe_mm={m['pa_mpjpe_mm']:.2f}")
+    print("mean-params baseline: " + " ".join(
+        f"{n}={b[n]:.6f}" if n == "mse" else f"{n}={b[n]:.2f}" for n in rec.names))
+    print(evaluate.final_line(rec))
     return 0
+
+
+def _check_eval_labels(cfg) -> None:
+    """The test shards hold what the protocol scores (one line, before any model runs)."""
+    from meshrec import protocols
+    from meshrec.data.shardset import split_labels
+
+    label, what = (("j3d", "3D mocap joints") if protocols.is_h36m(cfg.eval.protocol)
+                   else ("smpl", "SMPL labels"))
+    if not split_labels(cfg, "test").get(label, 0):
+        raise MeshrecError(f"protocol {cfg.eval.protocol} needs {what}; the shards of "
+                           f"{', '.join(cfg.eval.subjects)} in {cfg.data.shards} hold none")
 
 
 # ------------------------------------------------------------------ predict
@@ -209,10 +231,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint per subject and per action",
-                       description="Vertex MSE, PVE, MPJPE and PA-MPJPE of a checkpoint beside the "
-                                   "mean-parameters baseline; the last line is "
-                                   "'mse=… pve_mm=… mpjpe_mm=… pa_mpjpe_mm=…'.")
+                       description="Errors of a checkpoint beside the mean-parameters baseline, per "
+                                   "subject and per action, under a protocol: smpl (vertex MSE, "
+                                   "PVE, MPJPE, PA-MPJPE against SMPL labels) or h36m-p1 / h36m-p2 "
+                                   "(SPIN's: MPJPE and PA-MPJPE in mm on 14 joints regressed from "
+                                   "the mesh against the mocap joints; p2 = camera 60457274). The "
+                                   "last line is 'protocol=P samples=N mpjpe_mm=… pa_mpjpe_mm=…'.")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
+    p.add_argument("--protocol", choices=("smpl", "h36m-p1", "h36m-p2"),
+                   help="evaluation protocol (default: the checkpoint's eval.protocol)")
+    p.add_argument("--shards", metavar="DIR", help="shard directory to evaluate on (default: the "
+                                                  "checkpoint's data.shards)")
     p.add_argument("--subjects", metavar="S9,S11", help="test subjects (default: eval.subjects)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

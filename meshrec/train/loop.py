@@ -140,6 +140,12 @@ def resolve_mean_params(cfg: Config, manifest: dict) -> np.ndarray:
 
     if cfg.model.mean_params:
         mean = np.asarray(layout.load_spin_mean_params(cfg.model.mean_params), dtype=np.float64)
+    elif sum(int(manifest["subjects"].get(s, {}).get("param_count", 0))
+             for s in cfg.data.train_subjects) == 0:
+        # Joints-only training data: start from a standing body facing the camera.
+        log.info("no SMPL labels in the training shards: the regressor starts from an upright "
+                 "zero pose (model.mean_params names SPIN's smpl_mean_params.npz instead)")
+        mean = layout.neutral_params()
     else:
         mean = mean_params(manifest, cfg.data.train_subjects)
     if cfg.model.predict_translation:
@@ -157,14 +163,19 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     from meshrec.data.demo import with_shards
     from meshrec.model import build_model
     from meshrec.shards import manifest as shard_manifest
-    from meshrec.train.evaluate import load_joints
+    from meshrec.train import preflight
+    from meshrec.train.evaluate import body_joints
 
     cfg = with_shards(cfg, progress=env.is_main and sys.stderr.isatty())
     manifest = shard_manifest.load(cfg.data.shards)
     device = env.device
+    preflight.check(cfg)
 
     body = load_body_model(cfg.body).to(device)
-    joints = load_joints(cfg.body.h36m_regressor, body.num_vertices)
+    joints = body_joints(cfg.body, body.num_vertices)
+    preflight.check(cfg, has_regressor=joints.regressor is not None)
+    if joints.regressor is not None:
+        joints.regressor = joints.regressor.to(device)
     mean = resolve_mean_params(cfg, manifest)
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
@@ -317,7 +328,7 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
             with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
                                 enabled=run.amp is not None):
                 pred = run.model(image[k * size:(k + 1) * size])
-            loss, micro_terms = compute_loss(pred, micro, run.body, cfg)
+            loss, micro_terms = compute_loss(pred, micro, run.body, cfg, run.joints.regressor)
             run.scaler.scale(loss.float() / parts).backward()
         total = total + loss.detach().float() / parts
         for name, value in micro_terms.items():
@@ -376,7 +387,7 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
     with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG alone
         rec = evaluate.gather(evaluate.evaluate(run.core, loader, run.body, run.joints,
                                                 run.mean_params, run.amp, run.env.device,
-                                                first=first))
+                                                first=first, protocol=cfg.eval.protocol))
         pictures = overlay_pictures(run, first[0], overlays) \
             if run.env.is_main and overlays and first else []
     run.core.train()
@@ -395,13 +406,15 @@ def overlay_pictures(run: Run, batch: dict, count: int) -> list[tuple[str, np.nd
                         enabled=run.amp is not None):
         pred = evaluate.last_params(run.core(batch["image"][:n]))
     true = run.body(batch["params"][:n, :82].float())
+    labelled = batch.get("has_smpl", torch.ones(n, dtype=torch.bool))
     out = run.body(pred)
     faces = run.body.faces
     pics = []
     for i in range(n):
-        tv, pv = true.vertices[i].cpu().numpy(), out.vertices[i].cpu().numpy()
+        has = bool(labelled[i])  # a joints-only sample has no true mesh to draw
+        tv, pv = true.vertices[i].cpu().numpy() if has else None, out.vertices[i].cpu().numpy()
         pics.append((batch["key"][i], visual.panel(batch["image"][i], tv, pv, faces,
-                                                   true.joints[i, 0].cpu().numpy(),
+                                                   true.joints[i, 0].cpu().numpy() if has else None,
                                                    out.joints[i, 0].cpu().numpy())))
     return pics
 
@@ -444,12 +457,14 @@ def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: li
     run.tracker.log_metrics({**metrics, "epoch": float(epoch)}, run.step)
     for key, picture in pictures:
         run.tracker.log_image(picture, f"overlays/epoch{epoch:03d}_{key}.png")
-    m = metrics
-    say(run, f"epoch {epoch} step {run.step}: val pve_mm={m.get('val_pve_mm', float('nan')):.1f} "
-             f"(mean params {m.get('val_baseline_pve_mm', float('nan')):.1f}) "
-             f"mpjpe_mm={m.get('val_mpjpe_mm', float('nan')):.1f} "
-             f"pa_mpjpe_mm={m.get('val_pa_mpjpe_mm', float('nan')):.1f} "
-             f"mse={m.get('val_mse', float('nan')):.6f}")
+    from meshrec import protocols
+
+    protocol = run.cfg.eval.protocol
+    best = protocols.selection_metric(protocol)
+    shown = [protocols.metric_key(protocol, n) for n in protocols.metric_names(protocol)]
+    values = " ".join(f"{k}={metrics.get('val_' + k, float('nan')):.6g}" for k in shown)
+    say(run, f"epoch {epoch} step {run.step}: val ({protocol}) {values} "
+             f"(mean params {best[4:]}={metrics.get('val_baseline_' + best[4:], float('nan')):.1f})")
 
 
 # ------------------------------------------------------------------ the whole run

@@ -1,0 +1,95 @@
+"""Human3.6M protocols 1/2 against an independent reference written from SPIN's eval.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meshrec import protocols
+from meshrec.body import h36m
+
+# nkolot/SPIN constants.py and datasets/preprocess/h36m.py, written out here on purpose.
+SPIN_H36M_TO_J14 = [6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10]
+SPIN_J24_TO_J14 = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18]
+SPIN_GLOBAL_IDX = [14, 3, 4, 5, 2, 1, 0, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6]
+
+
+def spin_similarity(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """SPIN's compute_similarity_transform (utils/pose_utils.py) on one (N, 3) pair."""
+    s1, s2 = s1.T, s2.T
+    mu1, mu2 = s1.mean(axis=1, keepdims=True), s2.mean(axis=1, keepdims=True)
+    x1, x2 = s1 - mu1, s2 - mu2
+    var1 = np.sum(x1 ** 2)
+    k = x1.dot(x2.T)
+    u, _, vh = np.linalg.svd(k)
+    v = vh.T
+    z = np.eye(3)
+    z[-1, -1] *= np.sign(np.linalg.det(u.dot(v.T)))
+    r = v.dot(z.dot(u.T))
+    scale = np.trace(r.dot(k)) / var1
+    t = mu2 - scale * r.dot(mu1)
+    return (scale * r.dot(s1) + t).T
+
+
+def spin_eval(pred17: np.ndarray, gt_j24: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SPIN eval.py for h36m-p1/p2 from regressed joints and the file's S: (mpjpe, recon) in mm."""
+    gt = gt_j24[:, SPIN_J24_TO_J14, :-1]
+    pelvis = pred17[:, [0], :]
+    pred = pred17[:, SPIN_H36M_TO_J14, :] - pelvis
+    mpjpe = np.sqrt(((pred - gt) ** 2).sum(axis=-1)).mean(axis=-1)
+    hat = np.stack([spin_similarity(p, g) for p, g in zip(pred, gt)])
+    recon = np.sqrt(((hat - gt) ** 2).sum(axis=-1)).mean(axis=-1)
+    return 1000 * mpjpe, 1000 * recon
+
+
+def _mocap(n: int, rng: np.random.Generator) -> np.ndarray:
+    s17 = rng.normal(0, 0.4, (n, 17, 3))
+    return s17 - s17[:, :1]  # pelvis-centred, as SPIN's preprocessing writes S
+
+
+def _as_spin_file(s17: np.ndarray) -> np.ndarray:
+    s24 = np.zeros((s17.shape[0], 24, 4))
+    s24[:, SPIN_GLOBAL_IDX, :3] = s17
+    s24[:, SPIN_GLOBAL_IDX, 3] = 1
+    return s24
+
+
+def test_errors_equal_spins_eval_on_the_same_predictions():
+    rng = np.random.default_rng(0)
+    gt17 = _mocap(64, rng)
+    pred17 = gt17 + rng.normal(0, 0.05, gt17.shape) + rng.normal(0, 1, (64, 1, 3))
+    mpjpe, recon = spin_eval(pred17, _as_spin_file(gt17))
+    got = protocols.h36m_errors(pred17, h36m.j24_to_h36m(_as_spin_file(gt17))[..., :3])
+    assert np.abs(got["mpjpe_mm"] - mpjpe).max() < 1e-6
+    assert np.abs(got["pa_mpjpe_mm"] - recon).max() < 1e-6
+    assert mpjpe.mean() > 10 and (recon < mpjpe).all()  # the case is not trivial
+
+
+def test_hand_made_cases():
+    rng = np.random.default_rng(1)
+    gt = _mocap(1, rng)
+    moved = gt.copy()
+    moved[:, list(h36m.H36M_TO_J14)] += [0.003, 0.004, 0.0]  # every scored joint 5 mm off
+    got = protocols.h36m_errors(moved, gt)
+    assert got["mpjpe_mm"][0] == pytest.approx(5.0, abs=1e-9)
+    assert got["pa_mpjpe_mm"][0] == pytest.approx(0.0, abs=1e-9)  # a translation aligns away
+    c, s = np.cos(0.7), np.sin(0.7)
+    turned = 1.5 * gt @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + 3.0
+    got = protocols.h36m_errors(turned, gt)
+    assert got["pa_mpjpe_mm"][0] == pytest.approx(0.0, abs=1e-6)
+    assert got["mpjpe_mm"][0] > 100
+    # pelvis, spine and nose are not scored: moving them alone changes nothing but the centring
+    spine_only = gt.copy()
+    spine_only[:, [h36m.NAMES.index("spine"), h36m.NAMES.index("nose")]] += 1.0
+    assert protocols.h36m_errors(spine_only, gt)["mpjpe_mm"][0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_protocol_two_is_the_frontal_camera_and_names_are_the_papers():
+    assert [protocols.counts_camera("h36m-p2", c) for c in h36m.CAMERA_IDS] == [False, False, False, True]
+    assert all(protocols.counts_camera("h36m-p1", c) for c in h36m.CAMERA_IDS)
+    assert protocols.selection_metric("h36m-p2") == "val_p2_mpjpe_mm"
+    assert protocols.selection_metric("smpl") == "val_pve_mm"
+    assert [h36m.NAMES[i] for i in h36m.H36M_TO_J14] == [
+        "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+        "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow",
+        "left_wrist", "thorax", "head"]

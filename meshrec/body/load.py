@@ -88,6 +88,8 @@ def read_h36m_regressor(path: str | Path, num_vertices: int,
     """A (17, num_vertices) finite float64 regressor from .npy; one-line MeshrecError otherwise."""
     from meshrec.body import h36m
 
+    if not Path(path).is_file():
+        raise MeshrecError(f"{what}: no such file: {path}")
     try:
         reg = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

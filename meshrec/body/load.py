@@ -86,8 +86,6 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 def read_h36m_regressor(path: str | Path, num_vertices: int,
                         what: str = "body.h36m_regressor") -> np.ndarray:
     """A (17, num_vertices) finite float64 regressor from .npy; one-line MeshrecError otherwise."""
-    from meshrec.body import h36m
-
     if not Path(path).is_file():
         raise MeshrecError(f"{what}: no such file: {path}")
     try:
@@ -98,14 +96,21 @@ def read_h36m_regressor(path: str | Path, num_vertices: int,
     if not isinstance(reg, np.ndarray):
         reg.close()
         raise MeshrecError(f"{what}: {path} is an .npz archive; expected one (17, V) .npy array")
+    return check_h36m_regressor(reg, num_vertices, f"{what}: {path}")
+
+
+def check_h36m_regressor(reg: np.ndarray, num_vertices: int, name: str) -> np.ndarray:
+    """`reg` as float64 when it is a finite (17, num_vertices) array; else one line starting `name`."""
+    from meshrec.body import h36m
+
     expected = (h36m.NUM_JOINTS, num_vertices)
     if reg.shape != expected:
-        raise MeshrecError(f"{what}: {path} has shape {reg.shape}; expected {expected}: "
+        raise MeshrecError(f"{name} has shape {reg.shape}; expected {expected}: "
                            f"17 Human3.6M joints × the body's vertices")
     if reg.dtype.kind not in "fiu":
-        raise MeshrecError(f"{what}: {path} has dtype {reg.dtype}; expected numbers")
+        raise MeshrecError(f"{name} has dtype {reg.dtype}; expected numbers")
     if not np.all(np.isfinite(reg)):
-        raise MeshrecError(f"{what}: {path} holds NaN or infinite values")
+        raise MeshrecError(f"{name} holds NaN or infinite values")
     return reg.astype(np.float64)
 
 

@@ -14,7 +14,7 @@ npz keys, N rows, float64 but imgname (conventions in generate.py):
     cam_K (N,3,3) full-frame OpenCV intrinsics (camera-frame points project as K @ X)
 The mocap joints are Human3.6M's 17, regressed from the mesh (the `regressor` given, else the
 stand-in regressor built for the body) plus a few mm of marker noise. `spin_files=True` writes
-SPIN's own files instead of h36m_train.npz (SPIN's keys, no SMPL) and beside it
+SPIN's own h36m_train.npz instead of the one above (SPIN's keys, no SMPL) and beside it
 h36m_train_smpl.npz, h36m_valid_protocol1.npz and h36m_valid_protocol2.npz (npz_files.py).
 Rows are ordered subject, action, camera, frame. An npz file is written only for a split that
 has at least one subject in the run.
@@ -46,8 +46,8 @@ import numpy as np
 from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open, save_npz
 from meshrec.synth import generate, motion
-from meshrec.synth.npz_files import ALL_KEYS, npz_files
 from meshrec.synth.cameras import CAMERA_IDS, camera_rig
+from meshrec.synth.npz_files import ALL_KEYS, npz_files
 from meshrec.synth.settings import Settings
 from meshrec.synth.subjects import SUBJECTS, split_of
 
@@ -296,13 +296,9 @@ def synthesize(out_dir: str | os.PathLike, subjects: list[str], settings: Settin
 
 
 def _regressor(arrays: dict[str, np.ndarray], regressor: np.ndarray | None) -> np.ndarray:
+    from meshrec.body.load import check_h36m_regressor
     from meshrec.body.standin_h36m import h36m_regressor
 
     if regressor is None:
         return h36m_regressor(arrays)
-    regressor = np.asarray(regressor, dtype=np.float64)
-    expected = (17, len(arrays["v_template"]))
-    if regressor.shape != expected:
-        raise MeshrecError(f"the H36M joint regressor has shape {regressor.shape}; expected {expected}: "
-                           f"17 Human3.6M joints × the body's vertices")
-    return regressor
+    return check_h36m_regressor(np.asarray(regressor), len(arrays["v_template"]), "the H36M joint regressor")

@@ -4,7 +4,16 @@ Renders the body model (the licence-free stand-in, or --body FILE in SMPL's form
 subject doing eight actions, seen by four cameras. --frames-per-subject counts time steps: each
 is rendered by all four cameras, so a subject gives 4 x N images. Deterministic per --seed (the
 same command gives the same bytes, whatever --workers); re-running it skips images already
-written. Layout, npz keys and conventions: meshrec/synth/writer.py and meshrec/synth/generate.py.
+written.
+
+npz keys: imgname center scale part S pose shape transl cam_K. S (N,24,4) and part (N,24,3)
+are SPIN's: Human3.6M's 17 "mocap" joints (the H36M regressor on the mesh + a few mm of marker
+noise) in SPIN's J24 rows, S pelvis-centred in metres, part in full-frame pixels.
+--spin-files writes the files SPIN's users hold: h36m_train.npz as SPIN's h36m_train.py
+(imgname center scale part S openpose, no SMPL), h36m_train_smpl.npz (+ pose shape has_smpl),
+h36m_valid.npz (as without the flag), h36m_valid_protocol1.npz (all cameras) and
+h36m_valid_protocol2.npz (camera 60457274), both imgname center scale S as SPIN's h36m.py.
+Conventions: meshrec/synth/writer.py, npz_files.py and generate.py.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ap.add_argument("--body", metavar="PATH", default=None,
                     help="SMPL-format body model (.pkl or .npz) (default: the stand-in body, seed 0)")
+    ap.add_argument("--h36m-regressor", metavar="FILE", default=None,
+                    help="(17, V) Human3.6M joint regressor of --body, e.g. SPIN's J_regressor_h36m.npy "
+                         "(default: the stand-in regressor built for the body)")
+    ap.add_argument("--spin-files", action="store_true",
+                    help="write SPIN's file set (h36m_train.npz without SMPL, h36m_train_smpl.npz, "
+                         "h36m_valid.npz, h36m_valid_protocol1/2.npz); images are the same")
     ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="worker processes (default: all available cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,12 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers is not None and args.workers <= 0:
             raise MeshrecError(f"--workers must be positive, got {args.workers}")
         arrays = load_body(args.body)
+        regressor = None
+        if args.h36m_regressor is not None:
+            from meshrec.body.load import read_h36m_regressor
+
+            regressor = read_h36m_regressor(args.h36m_regressor, len(arrays["v_template"]),
+                                            what="--h36m-regressor")
         from meshrec.synth.writer import synthesize  # torch and the renderer: only once args are good
 
         summary = synthesize(args.out, subjects, settings, arrays, workers=args.workers,
-                             progress=not args.quiet)
-        rows = ", ".join(f"{os.path.join(args.out, f.name)} ({n:,} rows)"
-                         for f, n in zip(summary.files, summary.rows.values()))
+                             progress=not args.quiet, regressor=regressor, spin_files=args.spin_files)
+        rows = ", ".join(f"{os.path.join(args.out, f.name)} ({summary.rows[f.name]:,} rows)"
+                         for f in summary.files)
         print(f"{summary.images:,} images ({summary.rendered:,} rendered now, "
               f"{summary.images - summary.rendered:,} already there); {rows}")
         return 0

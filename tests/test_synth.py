@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from meshrec.body import h36m
 from meshrec.body.params import JOINT_NAMES, NUM_JOINTS
 from meshrec.body.smpl import BodyModel
 from meshrec.errors import MeshrecError
@@ -191,9 +193,9 @@ def test_npz_layout_follows_the_contract(run_dir):
     for data, subject in ((train, "S1"), (valid, "S9")):
         n = len(data["imgname"])
         assert n == 40
-        assert set(data) == {"imgname", "center", "scale", "pose", "shape", "transl", "S", "cam_K"}
-        shapes = {"center": (n, 2), "scale": (n,), "pose": (n, 72), "shape": (n, 10), "transl": (n, 3),
-                  "S": (n, 24, 4), "cam_K": (n, 3, 3)}
+        assert set(data) == {"imgname", "center", "scale", "part", "S", "pose", "shape", "transl", "cam_K"}
+        shapes = {"center": (n, 2), "scale": (n,), "part": (n, 24, 3), "S": (n, 24, 4), "pose": (n, 72),
+                  "shape": (n, 10), "transl": (n, 3), "cam_K": (n, 3, 3)}
         for key, shape in shapes.items():
             assert data[key].shape == shape and data[key].dtype == np.float64, key
             assert np.all(np.isfinite(data[key]))
@@ -204,7 +206,11 @@ def test_npz_layout_follows_the_contract(run_dir):
             assert m.group(3) in cameras.CAMERA_IDS and (int(m.group(4)) - 1) % 5 == 0
             assert (run_dir / name).is_file()
         assert len(set(data["imgname"])) == n
-        assert np.all(data["S"][..., 3] == 1.0)
+        # SPIN's J24 rows: the 17 Human3.6M joints with confidence 1, the other 7 rows all zero.
+        filled = np.isin(np.arange(24), h36m.J24_OF_H36M)
+        for key in ("S", "part"):
+            assert np.all(data[key][:, filled, -1] == 1.0) and np.all(data[key][:, ~filled] == 0.0), key
+        assert np.all(h36m.j24_to_h36m(data["S"])[:, h36m.PELVIS, :3] == 0.0)   # pelvis-centred
         # One fixed shape per subject.
         assert np.all(data["shape"] == data["shape"][0])
         assert np.allclose(data["cam_K"][:, 2], [0, 0, 1]) and np.all(data["cam_K"][:, 0, 1] == 0)
@@ -224,8 +230,6 @@ def test_labels_match_the_body_model_and_the_box(run_dir, body_arrays):
     with torch.no_grad():
         out = model(torch.from_numpy(params))
     joints, verts = out.joints.double().numpy(), out.vertices.double().numpy()
-    # S is the model's joints in the camera frame: SMPL(pose, shape) + transl reproduces it.
-    assert np.abs(joints - data["S"][..., :3]).max() < 1e-4
     assert np.all(verts[..., 2] > 1.0)                                # in front of the camera
     # Joints and vertices (from the model, not from the writer's arrays) project into the box.
     for points in (joints, verts):
@@ -239,6 +243,92 @@ def test_labels_match_the_body_model_and_the_box(run_dir, body_arrays):
     side = (uv.max(1) - uv.min(1)).max(1)
     assert np.allclose(side * generate.BOX_MARGIN, 200.0 * data["scale"], atol=1e-3)
     assert np.allclose((uv.max(1) + uv.min(1)) / 2, data["center"], atol=1e-3)
+
+
+def _mocap_check(data: dict[str, np.ndarray], body_arrays: dict, regressor: np.ndarray) -> np.ndarray:
+    """Checks S and part against the mesh of (pose, shape, transl); returns S − noiseless S."""
+    with torch.no_grad():
+        verts = BodyModel(body_arrays)(torch.from_numpy(np.concatenate(
+            [data["pose"], data["shape"], data["transl"]], axis=1))).vertices.double().numpy()
+    true = np.einsum("jv,nvc->njc", regressor, verts)              # the mocap joints, noiseless
+    counts = motion.frames_per_action(SETTINGS.frames_per_subject)
+    rig = cameras.camera_rig(SETTINGS.seed, SETTINGS.size)
+    noise = np.empty_like(true)                                    # drawn in the world, then turned
+    for i, name in enumerate(data["imgname"]):
+        subject, action, cam_id, frame = IMGNAME.match(name).groups()
+        k = (int(frame) - 1) // 5
+        world = generate.marker_noise(SETTINGS.seed, subject, action, counts[motion.ACTION_NAMES.index(action)])
+        noise[i] = world[k] @ rig[cam_id].R.T
+    S = h36m.j24_to_h36m(data["S"])[..., :3]
+    mocap = true + noise
+    assert np.abs(S - (mocap - mocap[:, :1])).max() < 1e-4          # float32 model
+    uv = np.einsum("nij,nkj->nki", data["cam_K"], mocap)            # K @ X, by depth: OpenCV pixels
+    uv = uv[..., :2] / uv[..., 2:]
+    assert np.abs(h36m.j24_to_h36m(data["part"])[..., :2] - uv).max() < 0.01
+    return S - (true - true[:, :1])
+
+
+def test_mocap_joints_are_the_regressed_mesh_plus_marker_noise(run_dir, body_arrays):
+    from meshrec.body.standin_h36m import h36m_regressor
+
+    bound = 2 * generate.MARKER_CLIP * generate.MARKER_NOISE_M + 1e-4  # a joint's and the pelvis's
+    for split in ("train", "valid"):
+        err = _mocap_check(_load(run_dir / f"h36m_{split}.npz"), body_arrays, h36m_regressor(body_arrays))
+        assert np.abs(err).max() < bound                             # a few mm ...
+        assert 0.001 < np.sqrt((err[:, 1:] ** 2).mean()) < 0.005      # ... and not none
+
+
+def _copy_images(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.npz"))
+
+
+def test_spin_files_hold_spins_keys_and_protocols(run_dir, body_arrays, tmp_path):
+    """A directory made without --spin-files, re-run with it: same images and settings, SPIN's files."""
+    out = tmp_path / "spin"
+    _copy_images(run_dir, out)
+    summary = writer.synthesize(out, SUBSET, SETTINGS, body_arrays, workers=1, progress=False, spin_files=True)
+    assert summary.rendered == 0
+    files = _files(out)
+    assert {k: v for k, v in files.items() if not k.endswith(".npz")} == \
+        {k: v for k, v in _files(run_dir).items() if not k.endswith(".npz")}
+    assert sorted(k for k in files if k.endswith(".npz")) == sorted(f.name for f in summary.files) == [
+        "h36m_train.npz", "h36m_train_smpl.npz", "h36m_valid.npz", "h36m_valid_protocol1.npz",
+        "h36m_valid_protocol2.npz"]
+    assert files["h36m_valid.npz"] == (run_dir / "h36m_valid.npz").read_bytes()
+    mine = _load(run_dir / "h36m_train.npz")
+    train, smpl = _load(out / "h36m_train.npz"), _load(out / "h36m_train_smpl.npz")
+    n = len(mine["imgname"])
+    assert set(train) == {"imgname", "center", "scale", "part", "S", "openpose"}       # no SMPL
+    assert set(smpl) == set(train) | {"pose", "shape", "has_smpl"}
+    assert train["openpose"].shape == (n, 25, 3) and not train["openpose"].any()
+    for key in ("imgname", "center", "scale", "part", "S"):
+        assert np.array_equal(train[key], mine[key]) and np.array_equal(smpl[key], mine[key]), key
+    assert np.array_equal(smpl["pose"], mine["pose"]) and np.array_equal(smpl["shape"], mine["shape"])
+    assert smpl["has_smpl"].shape == (n,) and np.all(smpl["has_smpl"] == 1)
+    valid = _load(run_dir / "h36m_valid.npz")
+    p1, p2 = _load(out / "h36m_valid_protocol1.npz"), _load(out / "h36m_valid_protocol2.npz")
+    assert set(p1) == set(p2) == {"imgname", "center", "scale", "S"}
+    frontal = np.array([IMGNAME.match(x).group(3) == h36m.PROTOCOL2_CAMERA for x in valid["imgname"]])
+    assert frontal.sum() == len(valid["imgname"]) // 4 > 0
+    for key in p1:
+        assert np.array_equal(p1[key], valid[key]) and np.array_equal(p2[key], valid[key][frontal]), key
+    assert {IMGNAME.match(x).group(1) for x in p1["imgname"]} == {"S9"}             # valid subjects only
+    assert {IMGNAME.match(x).group(3) for x in p1["imgname"]} == set(cameras.CAMERA_IDS)
+    assert p2["S"].shape == (len(valid["imgname"]) // 4, 24, 4)
+
+
+def test_a_given_regressor_makes_the_mocap_joints(run_dir, body_arrays, tmp_path):
+    out = tmp_path / "given"
+    _copy_images(run_dir, out)
+    regressor = np.zeros((17, len(body_arrays["v_template"])))
+    regressor[np.arange(17), np.arange(17) * 400] = 1.0              # 17 single vertices
+    writer.synthesize(out, ["S9"], SETTINGS, body_arrays, workers=1, progress=False, regressor=regressor)
+    data = _load(out / "h36m_valid.npz")
+    assert not np.array_equal(data["S"], _load(run_dir / "h36m_valid.npz")["S"])
+    _mocap_check(data, body_arrays, regressor)
+    with pytest.raises(MeshrecError, match=r"has shape \(16, 6890\); expected \(17, 6890\)"):
+        writer.synthesize(out, ["S9"], SETTINGS, body_arrays, workers=1, progress=False,
+                          regressor=regressor[:16])
 
 
 def test_rendered_person_is_where_the_labels_say(run_dir, body_arrays):
@@ -272,17 +362,11 @@ def test_rendered_person_is_where_the_labels_say(run_dir, body_arrays):
         if not sc.boxes:  # nothing in front of it (no occluder, no seat)
             assert (proj & (diff > 20)).sum() / proj.sum() > 0.9, name            # and the body shows
             unoccluded += 1
-        # Project S joints: inside the box given by center/scale.
-        S = data["S"][i, :, :3]
-        uv = (data["cam_K"][i] @ S.T).T
-        uv = uv[:, :2] / uv[:, 2:]
-        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i] + 1e-6)
+        # The mocap joints (part) project inside the box given by center/scale: they lie inside the
+        # body, up to the marker noise (< 0.5 px here).
+        uv = data["part"][i, list(h36m.J24_OF_H36M), :2]
+        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i] + 0.5)
         checked += 1
-        # Project S joints: inside the box given by center/scale.
-        S = data["S"][i, :, :3]
-        uv = (data["cam_K"][i] @ S.T).T
-        uv = uv[:, :2] / uv[:, 2:]
-        assert np.all(np.abs(uv - data["center"][i]) <= 100.0 * data["scale"][i] + 1e-6)
     assert checked == 40 and unoccluded >= 16
 
 
@@ -359,9 +443,22 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, words):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_refuses_a_missing_regressor_or_one_of_the_wrong_shape(tmp_path, standin_file):
+    np.save(tmp_path / "J.npy", np.zeros((17, 6889)))
+    for name, message in (("none.npy", f"--h36m-regressor: no such file: {tmp_path / 'none.npy'}"),
+                          ("J.npy", f"--h36m-regressor: {tmp_path / 'J.npy'} has shape (17, 6889); "
+                                    f"expected (17, 6890): 17 Human3.6M joints × the body's vertices")):
+        res = subprocess.run([sys.executable, str(SYNTH), "--out", str(tmp_path / "o"), "--body", str(standin_file),
+                              "--h36m-regressor", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stderr.strip() == f"synth.py: error: {message}"
+        assert not (tmp_path / "o").exists()
+
+
 def test_cli_help():
     res = subprocess.run([sys.executable, str(SYNTH), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--frames-per-subject" in res.stdout and "--body" in res.stdout
+    assert "--spin-files" in res.stdout and "--h36m-regressor" in res.stdout
+    assert "h36m_valid_protocol2.npz" in res.stdout and "part S pose shape transl cam_K" in res.stdout
 
 
 def test_a_worker_that_cannot_start_is_one_error_not_a_traceback(tmp_path, body_arrays):

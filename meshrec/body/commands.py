@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+REGRESSOR_FILE = "J_regressor_h36m.npy"   # SPIN's name, beside the model file
+
 
 def _convert(args: argparse.Namespace) -> int:
     from meshrec.body import model_file
@@ -25,10 +27,18 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _standin(args: argparse.Namespace) -> int:
-    from meshrec.body import standin
+    from pathlib import Path
 
-    digest = standin.write_standin(args.output, seed=args.seed)
-    print(f"wrote stand-in body model {args.output} (seed {args.seed}, sha256 {digest})")
+    from meshrec.body import standin, standin_h36m
+    from meshrec.body.load import write_npy
+    from meshrec.fileio import save_npz
+
+    arrays = standin.build_standin(args.seed)
+    digest = save_npz(args.output, arrays)
+    regressor = Path(args.output).parent / REGRESSOR_FILE
+    write_npy(regressor, standin_h36m.h36m_regressor(arrays))
+    print(f"wrote stand-in body model {args.output} (seed {args.seed}, sha256 {digest}) and its "
+          f"Human3.6M joint regressor {regressor} (17 x {arrays['v_template'].shape[0]})")
     return 0
 
 
@@ -51,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = bsub.add_parser("standin", help="generate the licence-free stand-in body model",
                         description="Generate a licence-free humanoid body model in SMPL's exact "
-                                    "format and sizes (deterministic per seed).")
-    p.add_argument("output", help="output .npz path")
+                                    "format and sizes (deterministic per seed), and beside it "
+                                    f"{REGRESSOR_FILE}: its (17, 6890) regressor of Human3.6M's "
+                                    "17 joints, as SPIN ships for SMPL (use it as "
+                                    "body.h36m_regressor).")
+    p.add_argument("output", help=f"output .npz path ({REGRESSOR_FILE} goes in the same folder)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.set_defaults(func=_standin)

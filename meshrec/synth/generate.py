@@ -17,6 +17,14 @@ is the cropper's to add (the packer's `context`, 1.2 by default: the usual HMR/S
 SPIN's own h36m files use 0.9 × the longest side of the ground-truth mask's box, slightly tighter
 (a 200·scale·context crop of them is about 10 % tighter than one of these).
 
+Joints (SPIN's h36m_train.py / h36m.py layout): "mocap" = Human3.6M's 17 joints regressed from
+the world mesh (the body's `h36m` regressor) plus marker noise (MARKER_NOISE_M per axis, clipped
+at 3 sd, drawn once per subject, action and frame, so the four cameras see the same points),
+then moved into each camera. `S` (n, 24, 4): those joints minus their pelvis (row 0, as SPIN's
+`S17 -= S17[0]`), metres, in J24 rows `h36m.J24_OF_H36M` with confidence 1, other rows 0.
+`part` (n, 24, 3): the same (uncentred) joints projected with K, full-frame pixels (OpenCV: pixel
+centres at integers, as `center`), visibility 1 on the same rows.
+
 Frames: 0.1 s apart, numbered 1, 6, 11, … as SPIN names every 5th frame of H36M's 50 fps videos.
 """
 
@@ -29,7 +37,8 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from meshrec.body.params import NUM_BETAS, NUM_JOINTS
+from meshrec.body import h36m
+from meshrec.body.params import NUM_BETAS
 from meshrec.body.smpl import BodyModel
 from meshrec.render import Camera, part_colors, render_mesh
 from meshrec.synth import limits, motion, scene
@@ -42,6 +51,8 @@ SPIN_PIXELS = 200.0     # SPIN: box side = 200 * scale
 JPEG_QUALITY = 90
 FRAME_STRIDE = 5        # frame numbers 1, 6, 11, ...: every 5th frame of a 50 fps video, as SPIN
 SUBACTION = 1
+MARKER_NOISE_M = 0.002  # sd per axis of the mocap joints' error (H36M's markers: a few mm)
+MARKER_CLIP = 3.0       # noise is clipped at this many sd
 
 
 def image_name(subject: str, action: str, camera_id: str, k: int) -> str:
@@ -50,10 +61,15 @@ def image_name(subject: str, action: str, camera_id: str, k: int) -> str:
 
 
 class Body:
-    """The body model plus what rendering needs from it: faces, part colours, the seat region."""
+    """The body model plus what rendering and labels need from it: faces, part colours, the seat
+    region, the (17, V) Human3.6M joint regressor (None: the stand-in's, built for this body)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], regressor: np.ndarray | None = None) -> None:
+        from meshrec.body.standin_h36m import h36m_regressor
+
         self.model = BodyModel(arrays)
+        self.h36m = np.asarray(h36m_regressor(arrays) if regressor is None else regressor,
+                               dtype=np.float64)
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
         weights = np.asarray(arrays["weights"])
         self.colors = part_colors(weights).astype(np.float64) / 255.0
@@ -76,6 +92,7 @@ class Posed:
     orient: np.ndarray       # (n, 3, 3) world global orientation R_w
     vertices: np.ndarray     # (n, V, 3) world
     joints: np.ndarray       # (n, 24, 3) world
+    mocap: np.ndarray        # (n, 17, 3) world: Human3.6M's joints off the mesh + marker noise
     rest_pelvis: np.ndarray  # (3,) J0: the model's pelvis joint without translation
     offset: np.ndarray       # (n, 3) T_w
     seat: tuple[np.ndarray, float, float] | None  # (pelvis x z, heading, seat top) for a stool
@@ -104,31 +121,44 @@ def pose_world(body: Body, subject: str, action: int, n: int, seed: int) -> Pose
         lift = np.maximum(lift, top - sit)
         seat = (seq.position.mean(axis=0), float(np.mean(seq.heading)), top)
     offset = np.stack([seq.position[:, 0] - rest_pelvis[0], lift, seq.position[:, 1] - rest_pelvis[2]], axis=1)
-    return Posed(betas=betas, body_pose=local[:, 3:], orient=orient, vertices=verts + offset[:, None],
-                 joints=joints + offset[:, None], rest_pelvis=rest_pelvis, offset=offset, seat=seat,
-                 sequence=seq)
+    verts = verts + offset[:, None]
+    mocap = np.einsum("jv,nvc->njc", body.h36m, verts) + marker_noise(seed, subject, act.name, n)
+    return Posed(betas=betas, body_pose=local[:, 3:], orient=orient, vertices=verts,
+                 joints=joints + offset[:, None], mocap=mocap, rest_pelvis=rest_pelvis, offset=offset,
+                 seat=seat, sequence=seq)
+
+
+def marker_noise(seed: int, subject: str, action: str, n: int) -> np.ndarray:
+    """(n, 17, 3) world-frame error of the mocap joints, metres: one draw serves all cameras."""
+    rng = stream(seed, subject, action, "markers")
+    return MARKER_NOISE_M * np.clip(rng.standard_normal((n, h36m.NUM_JOINTS, 3)), -MARKER_CLIP, MARKER_CLIP)
+
+
+def project(K: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-frame points → (..., 2) full-frame pixels (OpenCV: K @ X, divided by depth)."""
+    return np.stack([K[0, 0] * points[..., 0] / points[..., 2] + K[0, 2],
+                     K[1, 1] * points[..., 1] / points[..., 2] + K[1, 2]], axis=-1)
 
 
 def camera_labels(posed: Posed, camera: Camera) -> dict[str, np.ndarray]:
-    """SPIN-layout rows (n of them) for this camera: pose, shape, transl, S, center, scale, cam_K."""
+    """SPIN-layout rows (n of them) for this camera: center, scale, part, S, pose, shape, transl, cam_K."""
     n = len(posed.body_pose)
     R, t = camera.R, camera.t
     orient_cam = Rotation.from_matrix(np.einsum("ij,njk->nik", R, posed.orient)).as_rotvec()
     transl = np.einsum("ij,nj->ni", R, posed.rest_pelvis + posed.offset) + t - posed.rest_pelvis
-    joints = np.einsum("ij,nkj->nki", R, posed.joints) + t
-    verts = np.einsum("ij,nkj->nki", R, posed.vertices) + t
+    mocap = np.einsum("ij,nkj->nki", R, posed.mocap) + t
     K = intrinsics(camera)
-    u = K[0, 0] * verts[..., 0] / verts[..., 2] + K[0, 2]
-    v = K[1, 1] * verts[..., 1] / verts[..., 2] + K[1, 2]
-    lo = np.stack([u.min(axis=1), v.min(axis=1)], axis=1)
-    hi = np.stack([u.max(axis=1), v.max(axis=1)], axis=1)
+    uv = project(K, np.einsum("ij,nkj->nki", R, posed.vertices) + t)
+    lo, hi = uv.min(axis=1), uv.max(axis=1)
+    ones = np.ones((n, h36m.NUM_JOINTS, 1))
     return {
         "center": (lo + hi) / 2.0,
         "scale": BOX_MARGIN * (hi - lo).max(axis=1) / SPIN_PIXELS,
+        "part": h36m.h36m_to_j24(np.concatenate([project(K, mocap), ones], axis=2)),
+        "S": h36m.h36m_to_j24(np.concatenate([mocap - mocap[:, h36m.PELVIS:h36m.PELVIS + 1], ones], axis=2)),
         "pose": np.concatenate([orient_cam, posed.body_pose], axis=1),
         "shape": np.broadcast_to(posed.betas, (n, NUM_BETAS)).copy(),
         "transl": transl,
-        "S": np.concatenate([joints, np.ones((n, NUM_JOINTS, 1))], axis=2),
         "cam_K": np.broadcast_to(K, (n, 3, 3)).copy(),
     }
 

@@ -231,13 +231,14 @@ def test_eval_prints_tables_baseline_and_final_line(trained, capsys):
     assert main(["eval", "--checkpoint", str(trained), "--subjects", "S9"]) == 0
     text = capsys.readouterr().out
     lines = text.strip().splitlines()
-    assert "joints: SMPL-24" in text
+    assert "protocol smpl" in text and "joints: H36M-17" in text  # the stand-in's regressor
     assert any(line.startswith("S9 ") for line in lines)
     assert any(line.startswith("Directions") for line in lines)
     assert any(line.startswith("mean-params") for line in lines)
-    last = re.fullmatch(r"mse=(\S+) pve_mm=(\S+) mpjpe_mm=(\S+) pa_mpjpe_mm=(\S+)", lines[-1])
+    last = re.fullmatch(r"protocol=smpl samples=(\d+) mse=(\S+) pve_mm=(\S+) mpjpe_mm=(\S+) "
+                        r"pa_mpjpe_mm=(\S+)", lines[-1])
     assert last, lines[-1]
-    mse, pve, mpjpe, pa = map(float, last.groups())
+    mse, pve, mpjpe, pa = map(float, last.groups()[1:])
     assert 0 < mse and 0 < pa <= mpjpe and 0 < pve
 
 

@@ -45,12 +45,14 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import submitit
 import yaml
 
+from meshrec import protocols
 from meshrec.config import Config, ConfigError, to_dict, with_overrides
 from meshrec.errors import MeshrecError
 from meshrec.launch import feature_job
@@ -59,7 +61,6 @@ from meshrec.launch.grid import Cell, Sweep, describe, load_sweep
 REPO = Path(__file__).resolve().parents[2]
 DEMO_FILE = REPO / "configs" / "demo.yaml"
 DEMO_CELLS = 4
-METRIC = "val_pve_mm"           # model selection: mean per-vertex error on the validation subjects
 
 TAG_SWEEP = "meshrec.sweep"
 TAG_CELL = "meshrec.cell"
@@ -95,6 +96,11 @@ class Plan:
     @property
     def cfg(self) -> Config:
         return self.sweep.base
+
+    @property
+    def metric(self) -> str:
+        """Model selection: PVE on the validation subjects, or the protocol's MPJPE."""
+        return protocols.selection_metric(self.cfg.eval.protocol)
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -151,6 +157,9 @@ def plan(grid: str | os.PathLike, overrides: Sequence[str] = (), *, demo: bool =
     if any(c.config.train.processes != 1 for c in cells):
         raise ConfigError("train.processes: a sweep cell's processes are its SLURM/submitit tasks "
                           "(launch.slurm.tasks_per_node); leave train.processes at 1")
+    if len({c.config.eval.protocol for c in cells}) > 1:
+        raise ConfigError("eval.protocol: every cell of a sweep is compared on one validation "
+                          "metric; do not vary the protocol in the grid")
     executor, notice = _choose_executor(base.launch.executor, local or demo)
     root = Path(base.train.output_dir).expanduser().resolve()
     # '' = MLflow's default store: for a sweep, a SQLite file the jobs find by absolute path
@@ -236,7 +245,19 @@ def preflight_all(p: Plan, progress: bool = False) -> dict[str, str]:
         if key not in seen:
             seen[key] = preflight(c, progress)
         out[cell.name] = seen[key]
+        # What the cell's weights and protocol ask of the shards (a manifest read per cell).
+        preflight_labels(replace(c, data=replace(c.data, shards=seen[key])))
     return out
+
+
+def preflight_labels(cfg: Config) -> None:
+    """The cell's loss weights and eval.protocol find their labels in its shards."""
+    from meshrec.body.load import load_h36m_regressor, resolve_model_path
+    from meshrec.body.model_file import load_arrays
+    from meshrec.train import preflight as supervision
+
+    vertices = load_arrays(resolve_model_path(cfg.body))["v_template"].shape[0]
+    supervision.check(cfg, load_h36m_regressor(cfg.body, vertices) is not None)
 
 
 # ------------------------------------------------------------------ the job
@@ -379,7 +400,7 @@ class Tracking:
             "meshrec.cells": str(len(p.cells))})
         self.client.log_batch(run.info.run_id, params=_params({
             "grid": json.dumps(p.sweep.grid), "cells": len(p.cells), "executor": p.executor,
-            "metric": METRIC}))
+            "metric": p.metric}))
         return run.info.run_id
 
     def cell_runs(self) -> dict[str, Any]:
@@ -406,7 +427,7 @@ class Tracking:
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
 
-    def best(self, run_id: str, metric: str = METRIC) -> float:
+    def best(self, run_id: str, metric: str) -> float:
         values = [m.value for m in self.client.get_metric_history(run_id, metric)
                   if math.isfinite(m.value)]
         return min(values) if values else math.nan
@@ -555,7 +576,8 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
                 out(f"  {job.job_id}  cell {cell.name}  {_values(cell)}")
         elif fjob is None or _wait_features(fjob, out):
             result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
-                                          p.cfg.launch.slurm.array_parallelism, folder, out)
+                                          p.cfg.launch.slurm.array_parallelism, folder, p.metric,
+                                          out)
         else:
             result["failed"] = [c.name for c in todo]
     else:
@@ -634,7 +656,7 @@ def _values(cell: Cell) -> str:
 
 def _run_local(executor: submitit.AutoExecutor, cells: Sequence[Cell], calls: Sequence[CellJob],
                tracking: Tracking, run_ids: Mapping[str, str], result: dict, parallel: int,
-               folder: Path, out) -> list[str]:
+               folder: Path, metric: str, out) -> list[str]:
     """Run cells on this machine, `parallel` at a time, and wait for them."""
     waiting = list(zip(cells, calls))
     running: list[tuple[Cell, Any]] = []
@@ -661,8 +683,8 @@ def _run_local(executor: submitit.AutoExecutor, cells: Sequence[Cell], calls: Se
                     out(f"  cell {cell.name} FAILED: {_last_error(job.paths.stderr)} "
                         f"(log: {job.paths.stderr})")
                     continue
-                value = metrics.get(METRIC, math.nan) if isinstance(metrics, dict) else math.nan
-                out(f"  cell {cell.name} finished: {METRIC}={value:.2f}")
+                value = metrics.get(metric, math.nan) if isinstance(metrics, dict) else math.nan
+                out(f"  cell {cell.name} finished: {metric}={value:.2f}")
     finally:  # local jobs die with this process anyway; stop them now, not at interpreter exit
         for _, job in running:
             job.cancel(check=False)
@@ -707,7 +729,7 @@ def _rows(p: Plan, tracking: Tracking) -> list[Row]:
     out = []
     for cell in p.cells:
         run = runs.get(cell.name)
-        best = tracking.best(run.info.run_id) if run is not None else math.nan
+        best = tracking.best(run.info.run_id, p.metric) if run is not None else math.nan
         out.append(Row(cell, states[cell.name], run.data.tags.get(TAG_JOB, "") if run else "",
                        run.info.run_id if run else "", best))
     return out
@@ -715,7 +737,7 @@ def _rows(p: Plan, tracking: Tracking) -> list[Row]:
 
 def table(p: Plan, table_rows: Sequence[Row], sep: str = "  ") -> list[str]:
     keys = list(p.sweep.grid)
-    head = ["cell", *keys, "state", "job", f"best {METRIC}"]
+    head = ["cell", *keys, "state", "job", f"best {p.metric}"]
     body = [[r.cell.name, *(_text(r.cell.values[k]) for k in keys), r.state, r.job or "-",
              "-" if math.isnan(r.best) else f"{r.best:.2f}"] for r in table_rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
@@ -766,8 +788,8 @@ def plot(p: Plan, table_rows: Sequence[Row], key: str, path: Path) -> None:
     if not numeric:
         ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel(key)
-    ax.set_ylabel(f"best {METRIC}")
-    ax.set_title(f"{METRIC} vs {key}")
+    ax.set_ylabel(f"best {p.metric}")
+    ax.set_title(f"{p.metric} vs {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -794,18 +816,18 @@ def report(p: Plan, out=print) -> Optional[Row]:
         buf = io.StringIO()
         writer = csv.writer(buf)
         keys = list(p.sweep.grid)
-        writer.writerow(["cell", *keys, "state", "job", "run_id", f"best_{METRIC}"])
+        writer.writerow(["cell", *keys, "state", "job", "run_id", f"best_{p.metric}"])
         for r in table_rows:
             writer.writerow([r.cell.name, *(_text(r.cell.values[k]) for k in keys), r.state,
                              r.job, r.run_id, "" if math.isnan(r.best) else f"{r.best:.6g}"])
         (folder / "cells.csv").write_text(buf.getvalue())
         for key in keys:
-            plot(p, table_rows, key, folder / f"{METRIC}_vs_{key}.png")
+            plot(p, table_rows, key, folder / f"{p.metric}_vs_{key}.png")
         tracking.client.log_artifacts(parent, str(folder), "report")
     if best is not None:
         tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
-        tracking.client.log_metric(parent, f"best_{METRIC}", best.best)
-        out(f"best cell: {best.cell.name} ({_values(best.cell)}) {METRIC}={best.best:.2f} "
+        tracking.client.log_metric(parent, f"best_{p.metric}", best.best)
+        out(f"best cell: {best.cell.name} ({_values(best.cell)}) {p.metric}={best.best:.2f} "
             f"run {best.run_id}")
     else:
         out("no finished cell with a validation metric yet")

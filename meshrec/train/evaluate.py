@@ -40,7 +40,7 @@ class Joints:
 
     @property
     def label(self) -> str:
-        return "H36M-17 (body.h36m_regressor)" if self.regressor is not None else "SMPL-24"
+        return "H36M-17 (regressed from the mesh)" if self.regressor is not None else "SMPL-24"
 
     def __call__(self, vertices: Tensor, joints24: Tensor) -> Tensor:
         if self.regressor is None:

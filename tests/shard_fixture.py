@@ -138,3 +138,43 @@ class RunsCode:
         import os
 
         return (os.system, (self.command,))
+
+
+def to_old_format(out: Path, seed: int = 0) -> None:
+    """Rewrite a packed directory in place as packers before optional labels wrote it: members
+    jpg, json, smpl.npy, joints.npy ((24, 4) SMPL-order joints), no `labels` in the manifest."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    from meshrec.shards import manifest as manifest_mod
+    from meshrec.shards.encode import npy_bytes
+    from meshrec.shards.tarshard import TarShard
+
+    rng = np.random.default_rng(seed)
+    m = manifest_mod.load(out)
+    for entry in m["shards"]:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(out / entry["path"]) as tf:
+            for info in tf:
+                key, ext = info.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tf.extractfile(info).read()
+        with open(out / entry["path"], "wb") as fh:
+            shard = TarShard(fh)
+            for key, members in samples.items():
+                joints = np.concatenate([rng.normal(0, 0.5, (24, 3)), np.ones((24, 1))], 1)
+                shard.add(key, {"jpg": members["jpg"], "smpl.npy": members["smpl.npy"],
+                                "joints.npy": npy_bytes(joints.astype(np.float32)),
+                                "json": members["json"]})
+            digest, size, index = shard.close()
+        (out / entry["index"]).write_text(index)
+        entry.update(sha256=digest, bytes=size, index_sha256=hashlib.sha256(index.encode()).hexdigest(),
+                     index_bytes=len(index.encode()))
+        del entry["labels"]
+    for subject in m["subjects"].values():
+        del subject["labels"]
+    del m["labels"]
+    m["members"] = ["jpg", "joints.npy", "json", "smpl.npy"]
+    m["totals"]["bytes"] = sum(e["bytes"] for e in m["shards"])
+    manifest_mod.write(out, {k: v for k, v in m.items() if k != manifest_mod.HASH_KEY})

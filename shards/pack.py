@@ -23,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pack.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", required=True, choices=("spin", "humandata"),
-                   help="layout of the npz files: SPIN's h36m npz (also meshrec's generated data) "
-                        "or mmhuman3d HumanData")
+                   help="layout of the npz files: SPIN's h36m npz (also meshrec's generated data; "
+                        "imgname center scale and the labels it has: optional SMPL pose+shape "
+                        "[has_smpl transl], optional joints S (3D) and part (2D) — SPIN's "
+                        "h36m_train.npz has no SMPL) or mmhuman3d HumanData (smpl required)")
     p.add_argument("--npz", required=True, nargs="+", metavar="FILE", help="source npz file(s)")
     p.add_argument("--images", required=True, metavar="ROOT",
                    help="folder the npz image paths are relative to")

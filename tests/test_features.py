@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,26 @@ def test_cache_covers_every_crop_once_with_the_labels_of_the_shards(cache, tmp_p
     assert manifest["views"] == [fc.CENTRE]
     assert manifest["identity"]["encoder_sha256"] == fc.encoder_sha256(cfg)
     with np.load(root / fc.PARTS / manifest["parts"][0]["file"]) as z:
-        keys, feats, params = list(z["key"]), z["features"], z["params"]
+        keys, feats = list(z["key"]), z["features"]
+        stored = {name: z[name] for name in fc.LABELS}
     assert feats.dtype == np.float16 and feats.shape == (len(keys), 512)  # resnet18
     assert sorted(keys) == sorted(shard_keys(cfg, tuple(fc.subjects(cfg))))  # each exactly once
-    images = {k: p for b in build_loader(cfg, "val") for k, p in zip(b["key"], b["params"].numpy())}
-    for key, row in zip(keys, params):
-        if key in images:
-            assert np.array_equal(row, images[key])
+    assert stored["j3d"].shape == (len(keys), 17, 4) and stored["kp2d"].shape == (len(keys), 17, 3)
+    assert stored["has_smpl"].dtype == bool and stored["j3d"][..., 3].any()
+    images = {k: {name: b[name][i].numpy() for name in fc.LABELS}
+              for b in build_loader(cfg, "val") for i, k in enumerate(b["key"])}
+    where = {k: i for i, k in enumerate(keys)}
+    for key, labels in images.items():
+        for name, value in labels.items():
+            assert np.array_equal(stored[name][where[key]], value), (key, name)
+    seen = 0
+    for batch in build_loader(replace(cfg, features=replace(cfg.features, enabled=True)), "val"):
+        assert "image" not in batch and batch["j3d"].dtype == batch["kp2d"].dtype == batch["params"].dtype
+        for i, key in enumerate(batch["key"]):
+            seen += 1
+            for name in fc.LABELS:
+                assert np.array_equal(batch[name][i].numpy(), images[key][name]), (key, name)
+    assert seen == len(images)
 
 
 def test_training_from_the_cache_equals_training_from_images(cache, tmp_path):
@@ -92,7 +106,13 @@ def test_a_missing_or_stale_cache_is_refused_with_what_differs(cache, tmp_path):
     where = f"features.dir={tmp_path / 'fc'}"
     with pytest.raises(MeshrecError, match="no feature cache at"):
         train(tiny(cache, tmp_path / "a", *FROZEN, where, "features.enabled=true"))
-    built(cache, tmp_path, where)
+    cfg, root = built(cache, tmp_path, where)
+    # A cache of the format before optional labels is stale (rebuilt), never read as this one.
+    text = (root / fc.MANIFEST).read_text()
+    (root / fc.MANIFEST).write_text(text.replace(fc.FORMAT, "meshrec-features-1"))
+    stale = fc.check(cfg)
+    assert stale.kind == "stale" and f"format meshrec-features-1 (cache) != {fc.FORMAT}" in stale.what
+    (root / fc.MANIFEST).write_text(text)
     with pytest.raises(MeshrecError, match=r"stale: .*encoder resnet18 \(cache\) != resnet34"):
         train(tiny(cache, tmp_path / "b", *FROZEN, where, "features.enabled=true",
                    "model.encoder=resnet34"))

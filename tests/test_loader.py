@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from meshrec.body import mirror
+from meshrec.body import h36m, mirror
 from meshrec.config import Config, with_overrides
 from meshrec.data import augment, build_loader, labels, shardset
 from meshrec.data.augment import Aug
 from meshrec.errors import MeshrecError
 from meshrec.shards.pack import PackConfig, pack
-from tests.shard_fixture import DISC_RGB, expected_vector, make_spin_source
+from meshrec.shards.verify import verify
+from tests.shard_fixture import (DISC_RGB, SPOT_JOINT, expected_j3d, expected_kp2d,
+                                 expected_vector, make_spin_source, to_old_format)
 
 BACKENDS = ["dali", "torch"]
 SIZE = 84  # = 96 · 224/256: the unaugmented crop is a plain copy; WARPED: a resampled one
@@ -111,7 +113,9 @@ def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, s
     b = batches[0]
     assert b["image"].shape == (6, 3, size, size) and b["image"].dtype == torch.float32
     assert b["params"].shape == (6, 82) and b["params"].dtype == torch.float32
-    assert b["joints"].shape == (6, 24, 4) and not b["flipped"].any()
+    assert b["has_smpl"].shape == (6,) and b["has_smpl"].dtype == torch.bool and b["has_smpl"].all()
+    assert b["j3d"].shape == (6, 17, 4) and b["kp2d"].shape == (6, 17, 3) and not b["flipped"].any()
+    k = augment.CROP_FRACTION * 96 / size  # packed px per input px of the unaugmented centre crop
     for b in batches:
         # The disc (the "person") is centred in every crop: RGB order and normalisation are right.
         centre = pixels(b["image"])[:, :, size // 2, size // 2]
@@ -119,7 +123,10 @@ def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, s
         for i, key in enumerate(b["key"]):
             row = rows[key]
             assert np.array_equal(b["params"][i].numpy(), expected_vector(row))
-            assert np.allclose(b["joints"][i].numpy(), row["S"].astype(np.float32))
+            assert np.array_equal(b["j3d"][i].numpy(), expected_j3d(row))
+            kp = expected_kp2d(row, 96)
+            kp[:, :2] = (kp[:, :2] + 0.5 - 48) / k + size / 2 - 0.5
+            assert np.allclose(b["kp2d"][i].numpy(), kp, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -242,6 +249,8 @@ def test_backends_give_matching_evaluation_batches(shards, size):
     for d, t in zip(dali, torch_):
         diff = (pixels(d["image"]) - pixels(t["image"])).abs()
         assert diff.max() <= 2 and torch.equal(d["params"], t["params"])
+        for name in ("has_smpl", "j3d", "kp2d"):
+            assert torch.equal(d[name], t[name]), name
 
 
 def test_mirror_flag_flips_pixels_and_labels(shards, source):
@@ -258,8 +267,81 @@ def test_mirror_flag_flips_pixels_and_labels(shards, source):
         src = torch.from_numpy(expected_vector(rows[key]))
         assert torch.equal(plain["params"][i], src)
         assert torch.allclose(flipped["params"][i], mirror.flip_params(src))
-        joints = torch.from_numpy(rows[key]["S"].astype(np.float32))
-        assert torch.allclose(flipped["joints"][i], mirror.flip_joints(joints))
+    # left ↔ right of the 17 joints: the flipped left hip is the plain right hip, mirrored
+    left, right = h36m.NAMES.index("left_hip"), h36m.NAMES.index("right_hip")
+    sign = torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    assert torch.equal(flipped["j3d"][:, left], plain["j3d"][:, right] * sign)
+    assert torch.equal(flipped["j3d"][:, right], plain["j3d"][:, left] * sign)
+    assert torch.allclose(flipped["kp2d"][:, left, 0], SIZE - 1 - plain["kp2d"][:, right, 0], atol=1e-4)
+    assert torch.equal(flipped["kp2d"][:, left, 1:], plain["kp2d"][:, right, 1:])
+
+
+@pytest.fixture(scope="module")
+def spot_shards(tmp_path_factory) -> Path:
+    """SPIN's training layout without SMPL (part, S); each frame dark with one small bright spot
+    exactly on the keypoint SPOT_JOINT."""
+    root = tmp_path_factory.mktemp("spot")
+    src = make_spin_source(root, splits={"h36m_train.npz": ("S1",)}, frames=2, frame_size=240,
+                           with_smpl=False, with_k=False, spot=True)
+    pack(src.files, src.root, root / "shards", PackConfig("spin", size=96), workers=1,
+         progress=False)
+    return root / "shards"
+
+
+def spot_centre(image: torch.Tensor) -> torch.Tensor:
+    """(x, y) of the bright spot in a normalised CHW image: brightness-weighted centroid (above
+    the median background) of a 9×9 window around the brightest pixel, OpenCV coordinates."""
+    grey = pixels(image[None])[0].mean(0)
+    y, x = divmod(int(grey.argmax()), grey.shape[1])
+    y0, x0 = max(y - 4, 0), max(x - 4, 0)
+    win = (grey[y0:y + 5, x0:x + 5] - grey.median() - 10).clamp(min=0)
+    yy, xx = torch.meshgrid(torch.arange(win.shape[0]), torch.arange(win.shape[1]), indexing="ij")
+    return torch.stack([(win * xx).sum() / win.sum() + x0, (win * yy).sum() / win.sum() + y0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keypoints_follow_the_pixels_under_scale_shift_rotation_and_flip(spot_shards, backend):
+    loader = build_loader(config(spot_shards, backend, f"data.image_size={WARPED}",
+                                 "data.train_subjects=[S1]", "data.augment.color_jitter=0"), "train")
+    assert loader.labels == {"smpl": 0, "j3d": 8, "kp2d": 8}
+    (batch,) = take(loader)
+    aug = batch["aug"]
+    assert 0 < int(batch["flipped"].sum()) < 8 and aug[:, Aug.ANGLE].abs().max() > 10
+    assert (aug[:, Aug.SCALE] != 1).all() and not batch["has_smpl"].any()
+    assert not batch["params"].any() and batch["params"].shape == (8, 82)
+    for i in range(8):
+        # mirrored, the spot (on the left wrist) is where the image's right wrist now is
+        row = h36m.FLIP_PERM[SPOT_JOINT] if batch["flipped"][i] else SPOT_JOINT
+        want = batch["kp2d"][i, row, :2]
+        got = spot_centre(batch["image"][i])
+        assert torch.dist(got, want) < 1.0, (batch["key"][i], got, want, aug[i])
+
+
+def test_split_labels_reads_the_counts_from_the_manifest(shards, spot_shards):
+    assert shardset.split_labels(config(shards, "torch"), "val") == {"smpl": 23, "j3d": 23, "kp2d": 23}
+    cfg = config(spot_shards, "torch", "data.val_subjects=[S1]")
+    assert shardset.split_labels(cfg, "val") == build_loader(cfg, "val").labels == \
+        {"smpl": 0, "j3d": 8, "kp2d": 8}
+    with pytest.raises(MeshrecError, match="S7"):
+        shardset.split_labels(config(shards, "torch", "data.val_subjects=[S7]"), "val")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shards_packed_before_optional_labels_still_load(shards, source, tmp_path, backend):
+    old = tmp_path / "old"
+    shutil.copytree(shards, old)
+    to_old_format(old)
+    assert verify(old)[0] == []
+    rows = by_key(source)
+    cfg = config(old, backend, "data.val_subjects=[S9]")
+    loader = build_loader(cfg, "val")
+    assert loader.labels == {"smpl": 12, "j3d": 0, "kp2d": 0}
+    for b in take(loader):
+        assert b["has_smpl"].all() and not b["j3d"].any() and not b["kp2d"].any()
+        for i, key in enumerate(b["key"]):
+            assert np.array_equal(b["params"][i].numpy(), expected_vector(rows[key]))
+    (train,) = take(build_loader(cfg, "train"), 1)
+    assert train["has_smpl"].all() and train["j3d"].shape == (8, 17, 4) and not train["j3d"].any()
 
 
 def test_random_flips_apply_to_the_labels_of_exactly_the_flipped_samples(shards, source):

@@ -25,7 +25,8 @@ from meshrec.shards import manifest as manifest_mod
 from meshrec.shards import naming
 from meshrec.shards.pack import PackConfig, pack
 from meshrec.shards.verify import verify
-from shard_fixture import RunsCode, expected_vector, frame_image, make_spin_source
+from shard_fixture import (RunsCode, expected_j3d, expected_kp2d, expected_vector, frame_image,
+                           make_spin_source)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -102,15 +103,17 @@ def test_round_trip_counts_params_means_and_hashes(source, packed):
         assert [k for k, _ in samples] == sorted((k for k, _ in samples), key=naming.shard_order)
         assert len(samples) == entry["samples"]
         for key, members in samples:
-            assert set(members) == {"jpg", "json", "smpl.npy", "joints.npy"}
+            assert set(members) == {"jpg", "json", "smpl.npy", "has_smpl.npy", "j3d.npy", "kp2d.npy"}
             meta = json.loads(members["json"])
             row = source.rows[meta["image"]]
             assert meta["key"] == key and meta["subject"] == entry["subject"] == key.split("-")[0]
             assert meta["source"] == {"file": row["file"], "row": row["row"]}
             vec = np.load(io.BytesIO(members["smpl.npy"]), allow_pickle=False)
             assert vec.dtype == np.float32 and np.array_equal(vec, expected_vector(row))
-            joints = np.load(io.BytesIO(members["joints.npy"]), allow_pickle=False)
-            assert np.array_equal(joints, row["S"].astype(np.float32))
+            assert np.load(io.BytesIO(members["has_smpl.npy"])).tolist() == [1.0]
+            assert np.array_equal(np.load(io.BytesIO(members["j3d.npy"])), expected_j3d(row))
+            np.testing.assert_allclose(np.load(io.BytesIO(members["kp2d.npy"])),
+                                       expected_kp2d(row, SIZE), rtol=0, atol=1e-4)
             np.testing.assert_array_equal(meta["cam_K"], row["cam_K"])
             assert meta["center"] == list(row["center"]) and meta["scale"] == row["scale"]
             assert members["jpg"][:2] == b"\xff\xd8"
@@ -284,7 +287,8 @@ def test_bad_samples_are_skipped_and_listed(small_source, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"pose": None}, r"h36m_train\.npz has no key 'pose'"),
+    ({"pose": None}, r"h36m_train\.npz has 'shape' but no 'pose'"),
+    ({"S": np.zeros((16, 17, 4))}, r"'S' has shape \(16, 17, 4\), expected \(16, 24, 4\)"),
     ({"pose": np.zeros((16, 69))}, r"'pose' has shape \(16, 69\), expected \(16, 72\)"),
     ({"scale": np.zeros((15,))}, r"'scale' has shape \(15,\), expected \(16,\)"),
     ({"imgname": np.array([f"frames/{i:06d}.jpg" for i in range(16)])},
@@ -330,8 +334,9 @@ def test_cli_dataset_error_is_one_line_and_leaves_a_finished_pack_intact(small_s
     _rewrite_npz(small_source.files[0], shape=None)
     proc = _cli("pack.py", *_pack_args(small_source, out))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"pack: error: {small_source.files[0]} has no key 'shape' "
-                                                f"(the spin layout needs imgname, center, scale, pose, shape)"]
+    assert proc.stderr.strip().splitlines() == [f"pack: error: {small_source.files[0]} has 'pose' but no "
+                                                f"'shape' (SMPL parameters need both, or neither for a "
+                                                f"file of joints only)"]
     assert _files(out) == before and verify(out)[0] == []
     bad = _cli("pack.py", *_pack_args(small_source, tmp_path / "x"), "--size", "3")
     assert bad.returncode == 2 and "--size 3 is out of range" in bad.stderr
@@ -392,7 +397,7 @@ def test_humandata_round_trip(tmp_path):
             assert np.array_equal(np.load(io.BytesIO(members["smpl.npy"])), want[row])
             x, y, w, h, _ = info["boxes"][row]
             assert meta["center"] == [x + w / 2, y + h / 2] and meta["scale"] == max(w, h) / 200
-            assert "joints.npy" not in members
+            assert set(members) == {"jpg", "json", "smpl.npy", "has_smpl.npy"}
     assert set(m["subjects"]) == {"S1", "S5"} and verify(out)[0] == []
 
 
@@ -425,3 +430,107 @@ def test_sources_without_translation_pack_82_long_vectors(tmp_path):
         assert np.array_equal(np.load(io.BytesIO(members["smpl.npy"])), expected_vector(src.rows[meta["image"]]))
     digest = hashlib.sha256((out / "rejects.jsonl").read_bytes()).hexdigest()
     assert digest == m["rejects"]["sha256"]
+
+
+# ---------------------------------------------------------------------------------------
+# SPIN's own files: joints without SMPL, labels optional per sample
+
+
+def _members(out: Path) -> dict[str, dict[str, bytes]]:
+    """Every packed sample's members, by source image name."""
+    m = manifest_mod.load(out)
+    return {json.loads(members["json"])["image"]: members
+            for entry in m["shards"] for _, members in _read_tar(out / entry["path"])}
+
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def test_spin_training_layout_without_smpl_packs_joints_and_rejects_unlabelled_rows(tmp_path):
+    src = make_spin_source(tmp_path / "src", splits={"h36m_train.npz": ("S1", "S5")}, frames=2,
+                           seed=3, with_smpl=False, with_k=False)
+    with np.load(src.files[0]) as data:
+        S, part, n = data["S"].copy(), data["part"].copy(), len(data["imgname"])
+    blank = sorted(src.rows)[5]
+    S[src.rows[blank]["row"], :, 3] = 0.0
+    part[src.rows[blank]["row"], :, 2] = 0.0
+    _rewrite_npz(src.files[0], S=S, part=part, openpose=np.zeros((n, 25, 3)))
+    out = tmp_path / "out"
+    result = pack(src.files, src.root, out, _cfg(), workers=1, progress=False)
+    assert (result.packed, result.rejected) == (n - 1, 1)
+    (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["image"] == blank and "no SMPL parameters and every joint's confidence is 0" in reject["reason"]
+
+    m = manifest_mod.load(out)
+    assert m["members"] == ["j3d.npy", "jpg", "json", "kp2d.npy"]
+    assert m["labels"] == {"smpl": 0, "j3d": n - 1, "kp2d": n - 1} == manifest_mod.labels(m)
+    assert m["layout"]["size"] == layout.SIZE
+    assert all(s["param_count"] == 0 and not any(s["param_sum"]) for s in m["subjects"].values())
+    assert sum(s["labels"]["j3d"] for s in m["shards"]) == n - 1
+    packed = _members(out)
+    for name, members in packed.items():
+        row = {**src.rows[name], "S": S[src.rows[name]["row"]], "part": part[src.rows[name]["row"]]}
+        assert set(members) == {"jpg", "json", "j3d.npy", "kp2d.npy"}
+        # S holds distinct numbers in every filled J24 row: a wrong mapping would show
+        j3d = _npy(members["j3d.npy"])
+        assert j3d.dtype == np.float32 and np.array_equal(j3d, expected_j3d(row))
+        assert np.array_equal(j3d[1], row["S"][3].astype(np.float32))  # left hip ← J24 row 3
+        np.testing.assert_allclose(_npy(members["kp2d.npy"]), expected_kp2d(row, SIZE), rtol=0, atol=1e-4)
+    assert verify(out)[0] == []
+    with pytest.raises(MeshrecError, match="no samples with SMPL parameters"):
+        manifest_mod.mean_params(m, ["S1"])
+
+
+def test_spin_evaluation_layout_and_the_training_file_pack_together(tmp_path):
+    src = make_spin_source(tmp_path / "src", frames=1, seed=4, with_smpl=False, with_k=False,
+                           splits={"h36m_train.npz": ("S1",), "h36m_valid_protocol1.npz": ("S9",)})
+    _rewrite_npz(src.files[1], part=None)  # imgname center scale S
+    out = tmp_path / "out"
+    pack(src.files, src.root, out, _cfg(), workers=1, progress=False)
+    m = manifest_mod.load(out)
+    assert m["members"] == ["j3d.npy", "jpg", "json", "kp2d.npy"]
+    assert m["subjects"]["S9"]["labels"] == {"smpl": 0, "j3d": 4, "kp2d": 0}
+    assert manifest_mod.labels(m, ["S1"]) == {"smpl": 0, "j3d": 4, "kp2d": 4}
+    for name, members in _members(out).items():
+        if name.startswith("S9/"):
+            assert not _npy(members["kp2d.npy"])[:, 2].any()  # the file has no 'part'
+            assert np.array_equal(_npy(members["j3d.npy"]), expected_j3d(src.rows[name]))
+    assert verify(out)[0] == []
+
+
+def test_a_file_with_neither_smpl_nor_joints_is_one_line_on_the_cli(small_source, tmp_path):
+    _rewrite_npz(small_source.files[0], pose=None, shape=None, transl=None, S=None, part=None)
+    proc = _cli("pack.py", *_pack_args(small_source, tmp_path / "out"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"pack: error: {small_source.files[0]} has neither SMPL parameters (pose, shape) nor joints "
+        "(S, part): nothing to train or evaluate on"]
+
+
+def test_has_smpl_marks_which_rows_are_smpl_labels(small_source, tmp_path):
+    src = small_source
+    with np.load(src.files[0]) as data:
+        n = len(data["imgname"])
+    flags = np.arange(n) % 3 != 0
+    _rewrite_npz(src.files[0], has_smpl=flags.astype(np.float64))
+    out = tmp_path / "out"
+    pack(src.files, src.root, out, _cfg(), workers=1, progress=False)
+    m = manifest_mod.load(out)
+    assert m["labels"] == {"smpl": int(flags.sum()), "j3d": n, "kp2d": n}
+    for name, members in _members(out).items():
+        labelled = bool(flags[src.rows[name]["row"]])
+        assert _npy(members["has_smpl.npy"]).tolist() == [float(labelled)]
+        want = expected_vector(src.rows[name]) if labelled else np.zeros(layout.SIZE_WITH_TRANSL, np.float32)
+        assert np.array_equal(_npy(members["smpl.npy"]), want)
+    for subject in ("S1", "S5"):
+        rows = [r for name, r in src.rows.items() if name.startswith(subject + "/") and flags[r["row"]]]
+        assert m["subjects"][subject]["param_count"] == len(rows)
+        np.testing.assert_allclose(manifest_mod.mean_params(m, [subject]),
+                                   np.mean([expected_vector(r) for r in rows], axis=0, dtype=np.float64),
+                                   rtol=1e-12, atol=1e-15)
+    assert verify(out)[0] == []
+    edited = json.loads((out / "manifest.json").read_text())
+    edited["shards"][0]["labels"]["smpl"] += 1
+    manifest_mod.write(out, edited)
+    assert any(p.startswith(f"{edited['shards'][0]['path']}: label counts") for p in verify(out)[0])

@@ -11,7 +11,7 @@ import pytest
 
 from meshrec.shards import manifest as manifest_mod
 from meshrec.shards.pack import PackConfig, pack
-from shard_fixture import expected_vector, make_spin_source
+from shard_fixture import expected_j3d, expected_vector, make_spin_source
 
 SIZE = 64
 
@@ -68,7 +68,7 @@ def test_webdataset_package_reads_the_shards(shards):
         assert sample["jpg"].shape == (SIZE, SIZE, 3)
         row = src.rows[sample["json"]["image"]]
         np.testing.assert_array_equal(sample["smpl.npy"], expected_vector(row))
-        np.testing.assert_array_equal(sample["joints.npy"], row["S"].astype(np.float32))
+        np.testing.assert_array_equal(sample["j3d.npy"], expected_j3d(row))
         assert sample["__key__"] == sample["json"]["key"]
         keys.append(sample["__key__"])
     assert len(keys) == len(set(keys)) == m["totals"]["samples"] == len(src.rows)

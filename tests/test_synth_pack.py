@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from meshrec.body import h36m
 from meshrec.body.smpl import BodyModel
 from meshrec.render import Camera, rasterize
 from meshrec.shards import manifest as shard_manifest
@@ -67,8 +68,8 @@ def test_round_trip_counts_labels_and_means(packed):
         vec = np.load(io.BytesIO(by_image[name]["smpl.npy"]))
         expected = np.concatenate([row["pose"], row["shape"], row["transl"]]).astype(np.float32)
         assert vec.dtype == np.float32 and np.array_equal(vec, expected), name
-        joints = np.load(io.BytesIO(by_image[name]["joints.npy"]))
-        assert np.array_equal(joints, row["S"].astype(np.float32)), name
+        j3d = np.load(io.BytesIO(by_image[name]["j3d.npy"]))  # S is SPIN's J24: its 17 H36M rows
+        assert np.array_equal(j3d, h36m.j24_to_h36m(row["S"]).astype(np.float32)), name
     for subject in SUBJECTS:
         names = [n for n in sources if n.startswith(subject + "/")]
         assert man["subjects"][subject]["param_count"] == len(names)

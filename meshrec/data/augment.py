@@ -74,18 +74,29 @@ def affine_matrix(params: np.ndarray, src_w: float, src_h: float, out_size: int)
     Output point p maps to C + side/out · R(angle)⁻¹ (p − out/2), with C the shifted crop centre:
     rotating where we sample by −angle shows the content rotated by +angle.
     """
-    p = np.asarray(params, dtype=np.float64)
-    side = CROP_FRACTION * min(src_w, src_h) * p[Aug.SCALE]
+    import torch
+
+    p = torch.from_numpy(np.asarray(params, dtype=np.float64).reshape(1, NUM_PARAMS))
+    return affine_matrices(p, src_w, src_h, out_size)[0].numpy()
+
+
+def affine_matrices(params: "torch.Tensor", src_w: float, src_h: float,
+                    out_size: int) -> "torch.Tensor":
+    """`affine_matrix` for a batch: (B, 8) numbers → (B, 2, 3) float64 (the labels use it too)."""
+    import torch
+
+    p = params.to(torch.float64)
+    side = CROP_FRACTION * min(src_w, src_h) * p[:, Aug.SCALE]
     k = side / out_size
-    cx = src_w / 2.0 + p[Aug.TX] * side
-    cy = src_h / 2.0 + p[Aug.TY] * side
-    a = math.radians(p[Aug.ANGLE])
-    c, s = math.cos(a), math.sin(a)
+    cx = src_w / 2.0 + p[:, Aug.TX] * side
+    cy = src_h / 2.0 + p[:, Aug.TY] * side
+    a = torch.deg2rad(p[:, Aug.ANGLE])
+    c, s = torch.cos(a), torch.sin(a)
     # Screen counter-clockwise rotation with y down is [[c, s], [-s, c]]; its inverse:
-    lin = k * np.array([[c, -s], [s, c]])
+    lin = k[:, None, None] * torch.stack([c, -s, s, c], dim=-1).view(-1, 2, 2)
     half = out_size / 2.0
-    t = np.array([cx, cy]) - lin @ np.array([half, half])
-    return np.concatenate([lin, t[:, None]], axis=1)
+    t = torch.stack([cx, cy], dim=-1) - lin.sum(dim=-1) * half
+    return torch.cat([lin, t[:, :, None]], dim=-1)
 
 
 def exact_crop(src_size: int | None, out_size: int) -> int | None:

@@ -28,7 +28,9 @@ crop_mirror_normalize is a scalar loop that cost as much as the JPEG decode (ben
 An unaugmented crop that is a plain pixel copy (224 of a 256 px packed crop) skips the warp: only
 that region is decoded (`decoders.image_crop`), DALI's CPU warp being ~6× slower than a copy.
 
-The label flip/rotation is done in torch after the iterator (meshrec.data.labels) from the
+Labels: the reader reads the label members the manifest lists (smpl.npy, has_smpl.npy, j3d.npy,
+kp2d.npy, whichever the shards have; batch.LabelLayout) and fn.decoders.numpy decodes them. Their
+flip/rotation/warp is done in torch after the iterator (meshrec.data.labels) from the
 augmentation numbers the pipeline outputs, so the pixels and the labels use the same draw.
 
 A JPEG the decoder cannot read stops the pipeline (DALI cannot skip a sample); the loader then
@@ -46,8 +48,7 @@ import torch
 from meshrec.config import Config
 from meshrec.data import augment
 from meshrec.data.augment import Aug
-from meshrec.data.batch import Batch, finish
-from meshrec.data.labels import Pelvis
+from meshrec.data.batch import Batch, LabelLayout, finish
 from meshrec.data.shardset import Shard, undecodable
 from meshrec.errors import MeshrecError
 
@@ -60,14 +61,14 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Config,
+def _pipeline(shards: Sequence[Shard], label_members: Sequence[str], train: bool, cfg: Config,
               shard_id: int, num_shards: int, gpu: bool, src_size: int | None) -> Any:
     from nvidia.dali import fn, math as dmath, types
 
     aug = cfg.data.augment
     augmenting = train and aug.enabled
     size = cfg.data.image_size
-    ext = ["jpg", "smpl.npy"] + (["joints.npy"] if with_joints else [])
+    ext = ["jpg", *label_members]
     reader_args: dict[str, Any] = dict(
         paths=[s.tar for s in shards], index_paths=[s.index for s in shards], ext=ext,
         dtypes=[types.UINT8] * len(ext), shard_id=shard_id, num_shards=num_shards,
@@ -77,7 +78,7 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
                            shuffle_after_epoch=True, shuffle_after_epoch_seed=_seed(cfg.data.seed))
     else:
         reader_args.update(stick_to_shard=True)
-    jpg, smpl, *rest = fn.readers.webdataset(**reader_args)
+    jpg, *members = fn.readers.webdataset(**reader_args)
     info = fn.pad(fn.get_property(jpg, key="source_info"), axes=(0,))
     decode = dict(device="mixed" if gpu else "cpu", output_type=types.RGB)
     exact = None if augmenting else augment.exact_crop(src_size, size)
@@ -126,7 +127,7 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
         # DALI's CPU crop_mirror_normalize is a scalar loop as costly as the decode.
         img = fn.flip(img, horizontal=flip)
 
-    labels = [fn.decoders.numpy(smpl)] + ([fn.decoders.numpy(rest[0])] if with_joints else [])
+    labels = [fn.decoders.numpy(member) for member in members]
     if gpu:
         labels = [x.gpu() for x in labels]
     outs = [img, *labels, info]
@@ -138,10 +139,9 @@ def _pipeline(shards: Sequence[Shard], with_joints: bool, train: bool, cfg: Conf
 class DaliLoader:
     """Iterable of `Batch` for one rank; `len()` = batches per epoch (equal on every rank)."""
 
-    def __init__(self, cfg: Config, shards: Sequence[Shard], with_joints: bool, train: bool,
+    def __init__(self, cfg: Config, shards: Sequence[Shard], labels: LabelLayout, train: bool,
                  batch_size: int, rank: int, world_size: int, device: torch.device,
-                 state: dict | None = None, pelvis: Pelvis | None = None,
-                 src_size: int | None = None) -> None:
+                 state: dict | None = None) -> None:
         try:
             from nvidia.dali import pipeline_def
             from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -151,7 +151,7 @@ class DaliLoader:
                                "nvidia-dali-cuda130 or set data.backend=torch") from None
 
         self.shards = list(shards)
-        self.train, self.pelvis = train, pelvis
+        self.train, self.label_layout = train, labels
         self.augmenting = train and cfg.data.augment.enabled
         gpu = device.type == "cuda"
         device_id = (device.index if device.index is not None else torch.cuda.current_device()) \
@@ -163,11 +163,11 @@ class DaliLoader:
                                    "this run uses data.backend: dali")
             checkpoint = state["checkpoint"]
         pipe = pipeline_def(_pipeline, enable_checkpointing=True)(
-            self.shards, with_joints, train, cfg, rank, world_size, gpu, src_size,
+            self.shards, list(labels.members.values()), train, cfg, rank, world_size, gpu,
+            labels.src_size,
             batch_size=batch_size, num_threads=cfg.data.num_threads, device_id=device_id,
             seed=_seed(cfg.data.seed, 1 + rank), checkpoint=checkpoint)
-        self.output_map = ["image", "params"] + (["joints"] if with_joints else []) + ["info"] + \
-            (["aug"] if self.augmenting else [])
+        self.output_map = ["image", *labels.members, "info"] + (["aug"] if self.augmenting else [])
         with _named_errors(self.shards):
             self._it = DALIGenericIterator(
                 [pipe], self.output_map, reader_name=READER, auto_reset=True,
@@ -195,15 +195,14 @@ class DaliLoader:
             fresh = False
             info = out["info"]
             keys = [_key(row.tobytes()) for row in info.numpy()]
-            params = out["params"]
             aug_t = out.get("aug")
             if aug_t is None:
                 aug_t = torch.from_numpy(np.tile(augment.IDENTITY, (len(keys), 1)))
             image = out["image"]
             if self._normalize is not None:
                 image = self._normalize(image, hwc=True)
-            yield finish(image, params, out.get("joints"), aug_t.to(params.device), keys,
-                         self.pelvis)
+            held = {name: out[name] for name in self.label_layout.members}
+            yield finish(image, held, aug_t, keys, self.label_layout)
 
     def state_dict(self) -> dict:
         """Position after the batches yielded so far (DALI reader + iterator checkpoint)."""

@@ -33,7 +33,7 @@ from meshrec.errors import MeshrecError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1          # bump when the recipe below changes what is generated
+FORMAT = 2          # bump when the recipe below changes what is generated (2: optional labels)
 FRAME_FACTOR = 2
 MIN_FRAME = 256
 CONTEXT = 1.2       # box side = person box × CONTEXT (the packer's default)

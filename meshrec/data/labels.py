@@ -1,4 +1,5 @@
-"""Labels follow the image: in-plane rotation and left/right flip of SMPL parameters and joints.
+"""Labels follow the image: in-plane rotation and left/right flip of SMPL parameters, 3D joints
+and 2D keypoints. Pure functions on batch tensors.
 
 Camera frame as OpenCV (x right, y down, z forward). Rotating the image content by `angle`
 degrees counter-clockwise on screen rotates the scene about the camera's z axis by
@@ -7,7 +8,10 @@ Rz·R, the posed pelvis and camera-frame joints Rz·J (about the optical axis; e
 crop centre is the principal point — for packed crops it is not, so translation and absolute
 joints are approximate under rotation, orientation and root-relative joints exact). A flip then
 mirrors x with meshrec.body.mirror (same caveat for translation). Order as the image: rotate,
-then flip.
+then flip. The H36M joints `j3d` (pelvis-centred) rotate with the same Rz and flip with
+h36m.FLIP_PERM; the keypoints `kp2d` go from the packed crop to the network crop through the
+inverse of the image warp (augment.affine_matrices), then mirror as the pixels do. A row
+without a label (SMPL: has_smpl false; joints: confidence 0) stays all zeros.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from meshrec.body import mirror
+from meshrec.body import h36m, mirror
 from meshrec.body import params as layout
 from meshrec.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from meshrec.data.augment import Aug, affine_matrices
 from meshrec.errors import MeshrecError
 
 
@@ -31,7 +36,7 @@ def rotation_z(angle_deg: torch.Tensor) -> torch.Tensor:
 
 def rotate(params: torch.Tensor, joints: torch.Tensor | None, angle_deg: torch.Tensor,
            pelvis: Pelvis | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotate global orientation (and translation) of `params` (B, P) and `joints` (B, 24, 4).
+    """Rotate global orientation (and translation) of `params` (B, P) and `joints` (B, J, 3|4).
 
     The posed pelvis sits at J0(β) + t, so t' = Rz·(t + J0) − J0 (needs `pelvis` when P = 85).
     """
@@ -74,18 +79,51 @@ def flip_params(vec: torch.Tensor, pelvis: Pelvis | None) -> torch.Tensor:
     return mirror.flip_params(vec, rest)
 
 
-def flip_joints(joints: torch.Tensor) -> torch.Tensor:
-    """Mirror (…, 24, 4) camera-frame joints: swap left/right, negate x."""
-    return mirror.flip_joints(joints)
+def flip_j3d(j3d: torch.Tensor) -> torch.Tensor:
+    """Mirror (…, 17, 4) H36M joints: swap left/right, negate x."""
+    return mirror.flip_joints(j3d, np.asarray(h36m.FLIP_PERM))
 
 
-def follow_image(params: torch.Tensor, joints: torch.Tensor | None, angle_deg: torch.Tensor,
-                 flipped: torch.Tensor, pelvis: Pelvis | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Labels of augmented images: rotate by `angle_deg` (B,), then mirror where `flipped` (B,)."""
-    params, joints = rotate(params, joints, angle_deg, pelvis)
+def kp2d_to_input(kp2d: torch.Tensor, aug: torch.Tensor, src_size: int,
+                  image_size: int) -> torch.Tensor:
+    """(B, 17, 3) keypoints in the packed crop's pixels (src_size², OpenCV: pixel i's centre at
+    i) → the network input's (image_size², same convention), before any flip: the inverse of
+    the warp augment.affine_matrices(aug), which maps output to source points at centres + 0.5."""
+    m = affine_matrices(aug, src_size, src_size, image_size)
+    q = kp2d[..., :2].to(torch.float64) + 0.5 - m[:, None, :, 2]
+    uv = torch.linalg.solve(m[:, None, :, :2], q.unsqueeze(-1)).squeeze(-1) - 0.5
+    return torch.cat([uv.to(kp2d.dtype), kp2d[..., 2:]], dim=-1)
+
+
+def flip_kp2d(kp2d: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Mirror (…, 17, 3) keypoints of an image_size-wide image: x → size − 1 − x, left/right swapped."""
+    return mirror.flip_keypoints_2d(kp2d, image_size - 1, np.asarray(h36m.FLIP_PERM))
+
+
+def _where(flag: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(flag.view(-1, *[1] * (new.dim() - 1)), new, old)
+
+
+def _unseen_zero(joints: torch.Tensor) -> torch.Tensor:
+    """Joints without confidence carry nothing: all zeros (what 'absent' looks like)."""
+    return joints * (joints[..., -1:] > 0)
+
+
+def follow_image(params: torch.Tensor, has_smpl: torch.Tensor, j3d: torch.Tensor,
+                 kp2d: torch.Tensor, aug: torch.Tensor, src_size: int | None, image_size: int,
+                 pelvis: Pelvis | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels of the augmented images made with numbers `aug` (B, 8) from packed crops of side
+    `src_size`: (params, j3d, kp2d). Rotate by aug's angle, then mirror where aug flips."""
+    flipped = aug[:, Aug.FLIP] > 0.5
+    new, j3d = rotate(params, j3d, aug[:, Aug.ANGLE], pelvis)
     if bool(flipped.any()):
-        params = torch.where(flipped[:, None], flip_params(params, pelvis), params)
-        if joints is not None:
-            joints = torch.where(flipped[:, None, None], flip_joints(joints), joints)
-    return params, joints
+        new = _where(flipped, flip_params(new, pelvis), new)
+        j3d = _where(flipped, flip_j3d(j3d), j3d)
+    params = _where(has_smpl, new, torch.zeros_like(params))
+    if bool((kp2d[..., 2] > 0).any()):
+        if src_size is None:
+            raise MeshrecError("2D keypoints need the packed crop size (manifest config.size)")
+        kp2d = kp2d_to_input(kp2d, aug, src_size, image_size)
+        kp2d = _where(flipped, flip_kp2d(kp2d, image_size), kp2d)
+    return params, _unseen_zero(j3d), _unseen_zero(kp2d)

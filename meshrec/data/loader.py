@@ -8,13 +8,15 @@ import torch
 
 from meshrec.config import Config
 from meshrec.data import shardset
-from meshrec.data.batch import Batch
+from meshrec.data.batch import Batch, LabelLayout
 from meshrec.data.labels import Pelvis
+from meshrec.shards import manifest as shard_manifest
 from meshrec.errors import MeshrecError
 
 
 class Loader(Protocol):
     samples: int  # samples this rank yields per epoch (padding and dropped tails excluded)
+    labels: dict[str, int]  # samples of the split carrying each label: smpl, j3d, kp2d
 
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterable[Batch]: ...
@@ -57,6 +59,8 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     sample exactly once over all ranks. `len()` is the number of batches per epoch, equal on
     every rank. `state` (from `loader.state_dict()` after k batches) resumes mid-epoch.
     With `features.enabled` the batches come from the feature cache (`features`, no `image`).
+    `loader.labels` counts the split's samples carrying each label (shardset.split_labels), so
+    a caller can refuse a loss on a label the shards lack before training.
     """
     if not 0 <= rank < world_size:
         raise MeshrecError(f"rank {rank} is outside world size {world_size}")
@@ -66,7 +70,7 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     root = shardset.shard_dir(cfg)
     manifest = shardset.load_manifest(root)
     shards = shardset.select(root, manifest, subjects)
-    with_joints = "joints.npy" in manifest.get("members", [])
+    counts = shard_manifest.labels(manifest, subjects)
     batch = rank_batch(cfg.data.batch_size if train else cfg.eval.batch_size, world_size,
                        "data.batch_size" if train else "eval.batch_size")
     total = sum(s.samples for s in shards)
@@ -77,19 +81,21 @@ def build_loader(cfg: Config, split: str, rank: int = 0, world_size: int = 1,
     if cfg.features.enabled:  # cached frozen-encoder features instead of images
         from meshrec.features.loader import FeatureLoader
 
-        return FeatureLoader(cfg, split, subjects, batch, rank, world_size, device, state)
+        loader = FeatureLoader(cfg, split, subjects, batch, rank, world_size, device, state)
+        loader.labels = counts
+        return loader
     pelvis = body_pelvis(cfg) if manifest.get("layout", {}).get("with_transl") else None
+    # Packed crops all have the manifest's size: kp2d maps from it, and an unaugmented crop can
+    # skip resampling.
+    held = LabelLayout.of(manifest, cfg.data.image_size, pelvis)
     if cfg.data.backend == "dali":
         from meshrec.data.dali import DaliLoader
 
-        # Packed crops all have the manifest's size: lets an unaugmented crop skip resampling.
-        src_size = manifest.get("config", {}).get("size")
-        loader = DaliLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
-                            state, pelvis, src_size if isinstance(src_size, int) else None)
+        loader = DaliLoader(cfg, shards, held, train, batch, rank, world_size, device, state)
     else:
         from meshrec.data.torch_loader import TorchLoader
 
-        loader = TorchLoader(cfg, shards, with_joints, train, batch, rank, world_size, device,
-                             state, pelvis)
+        loader = TorchLoader(cfg, shards, held, train, batch, rank, world_size, device, state)
     loader.samples = rank_samples(total, rank, world_size, batch, train)
+    loader.labels = counts
     return loader

@@ -89,6 +89,19 @@ def select(root: Path, manifest: dict, subjects: Sequence[str]) -> list[Shard]:
     return shards
 
 
+def split_labels(cfg: Config, split: str) -> dict[str, int]:
+    """Samples of `split` carrying each label (smpl, j3d, kp2d), read from the manifest alone
+    (no loader, no DALI): a sweep's preflight refuses a config weighting a label that is 0.
+    Needs `data.shards` set (meshrec.data.demo.with_shards resolves generated data)."""
+    from meshrec.shards import manifest as shard_manifest
+
+    subjects = split_subjects(cfg, split)
+    root = shard_dir(cfg)
+    manifest = load_manifest(root)
+    select(root, manifest, subjects)  # the same errors as the loader for unknown subjects
+    return shard_manifest.labels(manifest, subjects)
+
+
 def read_index(shard: Shard, position: int) -> list[SampleRef]:
     """Samples of one shard from its index file, checked against the manifest count."""
     try:

@@ -25,7 +25,7 @@ import io
 import math
 import multiprocessing
 import warnings
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,7 @@ from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the f
 
 from meshrec.config import Config
 from meshrec.data import augment
-from meshrec.data.batch import Batch, finish
-from meshrec.data.labels import Pelvis
+from meshrec.data.batch import Batch, LabelLayout, finish
 from meshrec.data.loader import shares
 from meshrec.data.shardset import SampleRef, Shard, all_samples, read_member
 from meshrec.errors import MeshrecError
@@ -60,8 +59,8 @@ class ShardSamples(Dataset):
     """Item (sample number, augmentation numbers) → decoded, augmented uint8 sample or a skip."""
 
     def __init__(self, shards: Sequence[Shard], refs: Sequence[SampleRef], size: int,
-                 with_joints: bool) -> None:
-        self.shards, self.refs, self.size, self.with_joints = list(shards), list(refs), size, with_joints
+                 members: dict[str, str]) -> None:
+        self.shards, self.refs, self.size, self.members = list(shards), list(refs), size, members
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -80,10 +79,9 @@ class ShardSamples(Dataset):
         except (RuntimeError, ValueError) as exc:
             return {"key": ref.key, "skip": f"{tar} key {ref.key}: {exc}"}
         out = {"key": ref.key, "image": augment.apply(image, params, self.size),
-               "params": torch.from_numpy(_npy(member("smpl.npy")).astype(np.float32)),
                "aug": torch.from_numpy(params)}
-        if self.with_joints:
-            out["joints"] = torch.from_numpy(_npy(member("joints.npy")).astype(np.float32))
+        for name, ext in self.members.items():
+            out[name] = torch.from_numpy(_npy(member(ext)).astype(np.float32))
         return out
 
 
@@ -91,8 +89,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     kept = [it for it in items if "skip" not in it]
     out: dict[str, Any] = {"key": [it["key"] for it in kept],
                            "skipped": [it["skip"] for it in items if "skip" in it]}
-    for name in ("image", "params", "aug", "joints"):
-        if kept and name in kept[0]:
+    for name in kept[0] if kept else ():
+        if name != "key":
             out[name] = torch.stack([it[name] for it in kept])
     return out
 
@@ -122,16 +120,14 @@ class _Plan:
 class TorchLoader:
     """Iterable of `Batch` for one rank; `len()` = batches per epoch (equal on every rank)."""
 
-    def __init__(self, cfg: Config, shards: Sequence[Shard], with_joints: bool, train: bool,
+    def __init__(self, cfg: Config, shards: Sequence[Shard], labels: LabelLayout, train: bool,
                  batch_size: int, rank: int, world_size: int, device: torch.device,
-                 state: dict | None = None, pelvis: Pelvis | None = None) -> None:
+                 state: dict | None = None) -> None:
         self.cfg, self.train, self.batch_size = cfg, train, batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
-        self.with_joints, self.pelvis = with_joints, pelvis
-        self.dataset = ShardSamples(shards, all_samples(shards), cfg.data.image_size, with_joints)
+        self.label_layout = labels
+        self.dataset = ShardSamples(shards, all_samples(shards), cfg.data.image_size, labels.members)
         n = len(self.dataset)
-        first = self.dataset.refs[0]
-        self.param_size = _npy(read_member(shards[first.shard].tar, *first.members["smpl.npy"])).size
         sizes = [end - begin for begin, end in shares(n, world_size)]
         self.batches = min(sizes) // batch_size if train else math.ceil(max(sizes) / batch_size)
         self.epoch, self.position = 0, 0  # next batch to yield
@@ -185,14 +181,10 @@ class TorchLoader:
         dev = self.device
         if "image" not in raw:  # an empty batch (evaluation tail) or every sample skipped
             raw["image"] = torch.zeros(0, 3, size, size, dtype=torch.uint8)
-            raw["params"] = torch.zeros(0, self.param_size)
             raw["aug"] = torch.zeros(0, augment.NUM_PARAMS)
-            if self.with_joints:
-                raw["joints"] = torch.zeros(0, 24, 4)
         image = self._normalize(raw["image"].to(dev, non_blocking=True))
-        joints: Optional[torch.Tensor] = raw.get("joints")
-        batch = finish(image, raw["params"].to(dev), None if joints is None else joints.to(dev),
-                       raw["aug"].to(dev), raw["key"], self.pelvis)
+        held = {name: raw[name].to(dev) for name in self.label_layout.members if name in raw}
+        batch = finish(image, held, raw["aug"].to(dev), raw["key"], self.label_layout)
         batch["skipped"] = raw["skipped"]
         return batch
 

@@ -6,8 +6,10 @@ the same encoder; `meshrec features` does that once and training reads the featu
 
     features.json             the manifest: the identity below, the parts, how it was built
     parts/<view>-r<rank>.npz  feature shards, one per view and building rank: `key` (sample key),
-                              `features` float16 [N, D], `params` float32 [N, 82|85],
-                              `joints` float32 [N, 24, 4] (when packed), `aug` float32 [N, 8]
+                              `features` float16 [N, D] and the batch's labels as the image
+                              loaders give them (meshrec.data.batch): `params` float32
+                              [N, 82|85], `has_smpl` bool [N], `j3d` float32 [N, 17, 4],
+                              `kp2d` float32 [N, 17, 3], `aug` float32 [N, 8]
 
 Views: `centre` holds the evaluation crop of every subject the config names (train, val and
 test); with training augmentation on, `train-0` … `train-{K-1}` hold K augmented passes over the
@@ -36,10 +38,12 @@ import torch
 from meshrec.config import Config, to_dict
 from meshrec.errors import MeshrecError
 
-FORMAT = "meshrec-features-1"
+FORMAT = "meshrec-features-2"  # 2: has_smpl, j3d, kp2d labels (1 had SMPL-order joints)
+FORMAT_FAMILY = "meshrec-features-"
 MANIFEST = "features.json"
 PARTS = "parts"
 CENTRE = "centre"
+LABELS = ("params", "has_smpl", "j3d", "kp2d", "aug")  # stored per crop, as the batch has them
 
 
 def _sha(obj: Any) -> str:
@@ -157,7 +161,9 @@ def read_manifest(root: Path) -> Optional[dict[str, Any]]:
         return None
     except (OSError, ValueError) as exc:
         raise MeshrecError(f"cannot read {root / MANIFEST}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("identity", {}).get("format") != FORMAT:
+    # An older format is still a cache: check() then reports it stale (format differs), to rebuild.
+    form = manifest.get("identity", {}).get("format") if isinstance(manifest, dict) else None
+    if not (isinstance(form, str) and form.startswith(FORMAT_FAMILY)):
         raise MeshrecError(f"{root / MANIFEST} is not a meshrec feature cache manifest ({FORMAT})")
     return manifest
 

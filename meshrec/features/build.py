@@ -45,7 +45,7 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
     """Per epoch of `loader`: features (float16) and labels of every sample this rank sees."""
     out = []
     for _ in range(epochs):
-        rows: dict[str, list] = {"key": [], "features": [], "params": [], "joints": [], "aug": []}
+        rows: dict[str, list] = {"key": [], "features": [], **{name: [] for name in fc.LABELS}}
         for batch in loader:
             if not batch["key"]:
                 continue
@@ -61,10 +61,8 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
                                    f"magnitude {float(feats.float().abs().max()):.3g}); the "
                                    "cache cannot hold them")
             rows["features"].append(half.cpu().numpy())
-            rows["params"].append(batch["params"].float().cpu().numpy())
-            rows["aug"].append(batch["aug"].float().cpu().numpy())
-            if "joints" in batch:
-                rows["joints"].append(batch["joints"].float().cpu().numpy())
+            for name in fc.LABELS:
+                rows[name].append(batch[name].cpu().numpy())
             rows["key"] += list(batch["key"])
             if bar is not None:
                 bar.update(len(batch["key"]))

@@ -110,12 +110,9 @@ class FeatureLoader:
     def _batch(self, data: dict[str, np.ndarray], rows: np.ndarray) -> Batch:
         dev = self.device
         take = lambda name: torch.from_numpy(data[name][rows]).to(dev)  # noqa: E731
-        aug = take("aug").float()
-        batch: Batch = {"features": take("features").float(), "params": take("params").float(),
-                        "aug": aug, "flipped": aug[:, Aug.FLIP] > 0.5,
-                        "key": [str(k) for k in data["key"][rows]]}
-        if "joints" in data:
-            batch["joints"] = take("joints").float()
+        batch: Batch = {name: take(name) for name in fc.LABELS}
+        batch.update(features=take("features").float(), flipped=batch["aug"][:, Aug.FLIP] > 0.5,
+                     key=[str(k) for k in data["key"][rows]])
         return batch
 
     def state_dict(self) -> dict:

@@ -1,9 +1,14 @@
 """Source adapters: preprocessed Human3.6M files → one `SampleTable`, sorted by subject and key.
 
 spin       SPIN's h36m npz (and meshrec's generated data, which writes the same layout):
-           imgname (N,) · center (N,2) px · scale (N,) = box side/200 · pose (N,72) axis-angle
-           · shape (N,10) · optional transl (N,3) m · S (N,24,4) joints + confidence
-           · cam_K (N,3,3) full-frame intrinsics.
+           imgname (N,) · center (N,2) px · scale (N,) = box side/200, and optionally
+           pose (N,72) axis-angle + shape (N,10) (both or neither) · has_smpl (N,) (0: the row's
+           pose/shape are no label, as SPIN's base_dataset.py) · transl (N,3) m
+           · S (N,24,4) J24 3D joints, pelvis-centred m + confidence · part (N,24,3) J24 2D
+           keypoints, full-frame px + visibility · cam_K (N,3,3) full-frame intrinsics.
+           S and part keep the 17 rows SPIN's preprocessing filled (h36m.J24_OF_H36M), in
+           Human3.6M's order; `openpose` is ignored. SPIN's training file has no SMPL
+           (imgname center scale part S openpose), its evaluation files imgname center scale S.
 humandata  mmhuman3d HumanData npz: image_path (N,) · bbox_xywh (N,4) or (N,5) with a
            confidence (≤ 0: the row is rejected) · smpl, a pickled dict of global_orient (N,3),
            body_pose (N,69) or (N,23,3), betas (N,10), optional transl (N,3). The box becomes
@@ -22,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from meshrec.body import h36m
 from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
 from meshrec.safe_pickle import load_npz
@@ -63,7 +69,8 @@ def _require(entries: dict[str, Any], skipped: set[str], keys: Sequence[str], di
 
 
 def _table(display: str, images: np.ndarray, center: np.ndarray, scale: np.ndarray,
-           params: np.ndarray, joints: np.ndarray | None, cam_k: np.ndarray | None,
+           params: np.ndarray, has_smpl: np.ndarray, j3d: np.ndarray | None,
+           kp2d: np.ndarray | None, cam_k: np.ndarray | None,
            problem: np.ndarray | None = None) -> SampleTable:
     n = images.shape[0]
     names = [naming.parse_or_fail(path, display) for path in images]
@@ -74,31 +81,74 @@ def _table(display: str, images: np.ndarray, center: np.ndarray, scale: np.ndarr
         action=np.array([m.action for m in names], dtype=str),
         camera=np.array([m.camera for m in names], dtype=str),
         frame=np.array([m.frame for m in names], dtype=np.int64).reshape(n),
-        image=images, center=center, scale=scale, params=params, joints=joints, cam_K=cam_k,
+        image=images, center=center, scale=scale, params=params, has_smpl=has_smpl, j3d=j3d,
+        kp2d=kp2d, cam_K=cam_k,
         source=np.full(n, os.path.basename(display), dtype=object).astype(str),
         row=np.arange(n, dtype=np.int64),
         problem=np.full(n, "", dtype=object).astype(str) if problem is None else problem,
     )
 
 
+def _spin_smpl(entries: dict[str, Any], path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(params (N, P) with zeros where unlabelled, has_smpl (N,) bool) of a SPIN file."""
+    present = [k for k in ("pose", "shape") if k in entries]
+    if len(present) == 1:
+        other = "shape" if present[0] == "pose" else "pose"
+        raise MeshrecError(f"{path} has '{present[0]}' but no '{other}' (SMPL parameters need "
+                           f"both, or neither for a file of joints only)")
+    flags = (_numeric(entries["has_smpl"], "has_smpl", path, [()], n) > 0
+             if "has_smpl" in entries else None)
+    if not present:
+        if flags is not None and flags.any():
+            raise MeshrecError(f"{path}: 'has_smpl' marks {int(flags.sum())} rows as SMPL-labelled "
+                               "but the file has no 'pose' and 'shape'")
+        return np.zeros((n, layout.SIZE)), np.zeros(n, dtype=bool)
+    pose = _numeric(entries["pose"], "pose", path, [(3 * layout.NUM_JOINTS,)], n)
+    betas = _numeric(entries["shape"], "shape", path, [(layout.NUM_BETAS,)], n)
+    transl = _numeric(entries["transl"], "transl", path, [(3,)], n) if "transl" in entries else None
+    params = layout.join(pose[:, layout.GLOBAL_ORIENT], pose[:, layout.BODY_POSE], betas, transl)
+    has_smpl = np.ones(n, dtype=bool) if flags is None else flags
+    params[~has_smpl] = 0.0  # what an unlabelled row holds is no label (SPIN fills it with anything)
+    return params, has_smpl
+
+
+def _spin_joints(entries: dict[str, Any], key: str, width: int, path: str,
+                 n: int) -> np.ndarray | None:
+    """SPIN's J24 `S` / `part` → (N, 17, width) in Human3.6M's order, or None when absent."""
+    if key not in entries:
+        return None
+    j24 = _numeric(entries[key], key, path, [(len(h36m.J24_NAMES), width)], n)
+    return h36m.j24_to_h36m(j24)
+
+
 def load_spin(path: str) -> SampleTable:
-    required = ("imgname", "center", "scale", "pose", "shape")
+    required = ("imgname", "center", "scale")
     entries, skipped = load_npz(path, purpose="a SPIN data file")
     _require(entries, skipped, required, path, "spin")
+    smpl_keys, joint_keys = ("pose", "shape"), ("S", "part")
+    _require(entries, skipped, [k for k in (*smpl_keys, *joint_keys, "has_smpl") if k in entries],
+             path, "spin")
+    if not any(k in entries for k in (*smpl_keys, *joint_keys)):
+        raise MeshrecError(f"{path} has neither SMPL parameters (pose, shape) nor joints (S, part): "
+                           "nothing to train or evaluate on")
     images = _strings(entries["imgname"], "imgname", path)
     n = images.shape[0]
     if n == 0:
         raise MeshrecError(f"{path}: 'imgname' is empty")
     center = _numeric(entries["center"], "center", path, [(2,)], n)
     scale = _numeric(entries["scale"], "scale", path, [()], n)
-    pose = _numeric(entries["pose"], "pose", path, [(3 * layout.NUM_JOINTS,)], n)
-    betas = _numeric(entries["shape"], "shape", path, [(layout.NUM_BETAS,)], n)
-    transl = _numeric(entries["transl"], "transl", path, [(3,)], n) if "transl" in entries else None
-    joints = (_numeric(entries["S"], "S", path, [(layout.NUM_JOINTS, 4)], n)
-              if "S" in entries else None)
+    params, has_smpl = _spin_smpl(entries, path, n)
+    j3d = _spin_joints(entries, "S", 4, path, n)
+    kp2d = _spin_joints(entries, "part", 3, path, n)
     cam_k = _numeric(entries["cam_K"], "cam_K", path, [(3, 3)], n) if "cam_K" in entries else None
-    params = layout.join(pose[:, layout.GLOBAL_ORIENT], pose[:, layout.BODY_POSE], betas, transl)
-    return _table(path, images, center, scale, params, joints, cam_k)
+    seen = np.zeros(n, dtype=bool)
+    for joints in (j3d, kp2d):
+        if joints is not None:
+            seen |= (joints[..., -1] > 0).any(axis=-1)
+    problem = np.full(n, "", dtype=object)
+    problem[~has_smpl & ~seen] = "no label: no SMPL parameters and every joint's confidence is 0"
+    return _table(path, images, center, scale, params, has_smpl, j3d, kp2d, cam_k,
+                  problem.astype(str))
 
 
 def load_humandata(path: str) -> SampleTable:
@@ -131,7 +181,8 @@ def load_humandata(path: str) -> SampleTable:
         problem[bbox[:, 4] <= 0] = "bbox confidence is 0 (no valid box)"
     problem[(w <= 0) | (h <= 0)] = "bbox has zero or negative width/height"
     params = layout.join(orient, body, betas, transl)
-    return _table(path, images, center, scale, params, None, None, problem.astype(str))
+    return _table(path, images, center, scale, params, np.ones(n, dtype=bool), None, None, None,
+                  problem.astype(str))
 
 
 ADAPTERS: dict[str, Callable[[str], SampleTable]] = {"spin": load_spin, "humandata": load_humandata}

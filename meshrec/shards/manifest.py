@@ -5,11 +5,18 @@ Top-level keys:
   config          pack settings that shape the bytes (source kind, size, context, quality,
                   shard size, samples per shard, pad colour)
   sources         [{file, path, sha256, bytes}] of the source npz files; images: the image root
-  layout          {size, with_transl, parts}: meshrec's parameter vector (meshrec.body.params)
-  shards          [{path, index, subject, samples, bytes, sha256, index_bytes, index_sha256}]
-  subjects        {S1: {samples, shards, rejected, actions: {action: n}, param_sum, param_count}}
-                  param_sum is the float64 sum of the stored float32 smpl vectors, so the mean
-                  over any set of subjects is Σ param_sum / Σ param_count (`mean_params`)
+  layout          {size, with_transl, parts}: meshrec's parameter vector (meshrec.body.params);
+                  size 82 when no sample has SMPL parameters
+  members         the tar members every sample has (encode.py)
+  labels          {smpl, j3d, kp2d}: samples carrying each label (smpl: has_smpl; j3d, kp2d: any
+                  joint with confidence > 0); absent in directories packed before labels were
+                  optional — `labels()` answers for those too
+  shards          [{path, index, subject, samples, bytes, sha256, index_bytes, index_sha256,
+                  labels}]
+  subjects        {S1: {samples, shards, rejected, actions: {action: n}, labels, param_sum,
+                  param_count}}; param_sum is the float64 sum of the stored float32 smpl vectors
+                  of the SMPL-labelled samples, param_count their number, so the mean label over
+                  any set of subjects is Σ param_sum / Σ param_count (`mean_params`)
   actions         {action: n} over all subjects
   totals          {samples, rejected, shards, bytes}
   rejects         {path, count, sha256} of rejects.jsonl
@@ -32,6 +39,7 @@ from meshrec.fileio import atomic_open
 FORMAT = "meshrec-shards/1"
 NAME = "manifest.json"
 HASH_KEY = "manifest_sha256"
+LABELS = ("smpl", "j3d", "kp2d")
 
 
 def canonical_hash(manifest: dict[str, Any]) -> str:
@@ -72,6 +80,25 @@ def sum_vectors(vectors: Iterable[np.ndarray], size: int) -> np.ndarray:
     return total
 
 
+def entry_labels(entry: dict[str, Any]) -> dict[str, int]:
+    """Label counts of a shard or subject entry; one written before labels were optional holds
+    SMPL for every sample and no H36M joints (its `joints.npy` are SMPL's 24, not H36M's)."""
+    if "labels" in entry:
+        return {name: int(entry["labels"].get(name, 0)) for name in LABELS}
+    return {"smpl": int(entry["samples"]), "j3d": 0, "kp2d": 0}
+
+
+def labels(manifest: dict[str, Any], subjects: Sequence[str] | None = None) -> dict[str, int]:
+    """Samples carrying each label (smpl, j3d, kp2d), over all shards or those of `subjects`."""
+    wanted = None if subjects is None else set(subjects)
+    total = dict.fromkeys(LABELS, 0)
+    for entry in manifest["shards"]:
+        if wanted is None or entry["subject"] in wanted:
+            for name, n in entry_labels(entry).items():
+                total[name] += n
+    return total
+
+
 def mean_params(manifest: dict[str, Any], subjects: Sequence[str]) -> np.ndarray:
     """Mean SMPL parameter vector (float64) over every packed sample of `subjects`."""
     known = manifest["subjects"]
@@ -81,7 +108,8 @@ def mean_params(manifest: dict[str, Any], subjects: Sequence[str]) -> np.ndarray
                            f"(they hold {', '.join(known)})")
     count = sum(int(known[s]["param_count"]) for s in subjects)
     if count == 0:
-        raise MeshrecError(f"subjects {', '.join(subjects)} hold no packed samples")
+        raise MeshrecError(f"subjects {', '.join(subjects)} hold no samples with SMPL parameters "
+                           "(no mean to start from)")
     total = sum_vectors((np.asarray(known[s]["param_sum"], dtype=np.float64) for s in subjects),
                         int(manifest["layout"]["size"]))
     return total / count

@@ -51,7 +51,7 @@ from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open, sha256_file
 from meshrec.shards import crop, manifest, naming
 from meshrec.shards.adapters import load_sources
-from meshrec.shards.encode import EncodeConfig, Reject, encode, smpl_vector
+from meshrec.shards.encode import EncodeConfig, Members, Reject, encode, label_counts, smpl_vector
 from meshrec.shards.sample import SampleTable
 from meshrec.shards.tarshard import TarShard
 
@@ -89,6 +89,7 @@ class ShardJob:
     subject: str
     table: SampleTable
     plan_hash: str
+    members: Members
 
 
 @dataclass
@@ -136,7 +137,7 @@ def probe_samples_per_shard(table: SampleTable, images: str, cfg: PackConfig) ->
     for i in rows:
         sample = table.sample(int(i))
         seen_any = seen_any or os.path.exists(os.path.join(images, sample.image))
-        result = encode(sample, images, cfg.encoding)
+        result = encode(sample, images, cfg.encoding, Members.of(table))
         if not isinstance(result, Reject):
             sizes.append(_tar_bytes(result))
     if not seen_any:
@@ -149,6 +150,7 @@ def probe_samples_per_shard(table: SampleTable, images: str, cfg: PackConfig) ->
 
 def plan(table: SampleTable, samples_per_shard: int, run_hash: str) -> list[ShardJob]:
     jobs: list[ShardJob] = []
+    members = Members.of(table)  # of the whole set: every sample gets the same members
     subjects = sorted(set(table.subject.tolist()), key=naming.subject_order)
     for subject in subjects:
         rows = np.flatnonzero(table.subject == subject)
@@ -158,7 +160,8 @@ def plan(table: SampleTable, samples_per_shard: int, run_hash: str) -> list[Shar
             name = f"{subject}-{number:06d}"
             keys_hash = hashlib.sha256("\n".join(part.key.tolist()).encode()).hexdigest()
             jobs.append(ShardJob(name, subject, part,
-                                 _json_hash({"run": run_hash, "name": name, "keys": keys_hash})))
+                                 _json_hash({"run": run_hash, "name": name, "keys": keys_hash}),
+                                 members))
     return jobs
 
 
@@ -166,8 +169,9 @@ def plan(table: SampleTable, samples_per_shard: int, run_hash: str) -> list[Shar
 # Work done in worker processes: encoding chunks of samples, checking finished shards
 
 
-def encode_chunk(table: SampleTable, images: str, cfg: EncodeConfig) -> list[Union[dict[str, bytes], Reject]]:
-    return [encode(sample, images, cfg) for sample in table]
+def encode_chunk(table: SampleTable, images: str, cfg: EncodeConfig,
+                 members: Members) -> list[Union[dict[str, bytes], Reject]]:
+    return [encode(sample, images, cfg, members) for sample in table]
 
 
 def _paths(out: Path, subject: str, name: str) -> tuple[Path, Path, Path]:
@@ -183,7 +187,7 @@ def complete_record(out: Path, subject: str, name: str, plan_hash: str) -> Optio
             rec = json.load(fh)
     except (OSError, ValueError):
         return None
-    if not isinstance(rec, dict) or rec.get("plan_hash") != plan_hash:
+    if not isinstance(rec, dict) or rec.get("plan_hash") != plan_hash or "labels" not in rec:
         return None
     if rec["samples"] == 0:
         return None if tar_path.exists() else rec
@@ -213,7 +217,9 @@ class _ShardWriter:
         self.shard = TarShard(self.fh)
         self.rejects: list[dict[str, Any]] = []
         self.actions: dict[str, int] = {}
-        self.vectors: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []  # SMPL-labelled samples only: the means are of labels
+        self.labels = {"smpl": 0, "j3d": 0, "kp2d": 0}
+        self.samples = 0
         self.seen = 0
 
     def add(self, result: Union[dict[str, bytes], Reject]) -> None:
@@ -223,7 +229,11 @@ class _ShardWriter:
             self.rejects.append(result.as_dict())
             return
         self.shard.add(sample.key, result)
-        self.vectors.append(smpl_vector(sample))
+        self.samples += 1
+        if sample.has_smpl:
+            self.vectors.append(smpl_vector(sample))
+        for name, n in label_counts(sample).items():
+            self.labels[name] += n
         self.actions[sample.action] = self.actions.get(sample.action, 0) + 1
 
     @property
@@ -241,7 +251,7 @@ class _ShardWriter:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        count = len(self.vectors)
+        count = self.samples
         if count:
             os.replace(self.tmp, self.tar_path)
             with atomic_open(self.idx_path, "w", perms=0o644) as fh:
@@ -254,8 +264,9 @@ class _ShardWriter:
         rec = {
             "name": job.name, "subject": job.subject, "plan_hash": job.plan_hash,
             "samples": count, "rejected": len(self.rejects), "rejects": self.rejects,
-            "actions": self.actions,
+            "actions": self.actions, "labels": self.labels,
             "param_sum": manifest.sum_vectors(self.vectors, job.table.params.shape[1]).tolist(),
+            "param_count": len(self.vectors),
             "bytes": size if count else 0, "sha256": digest if count else None,
             "index_bytes": len(index.encode()) if count else 0,
             "index_sha256": hashlib.sha256(index.encode()).hexdigest() if count else None,
@@ -361,7 +372,7 @@ def _run_jobs(jobs: Sequence[ShardJob], images: str, out: Path, cfg: PackConfig,
                 records[job.name] = {**rec, "resumed": True}
                 bar.update(len(job.table))
         todo = [job for job in jobs if job.name not in records]
-        chunks = ((job.table.take(slice(start, start + CHUNK)), images, cfg.encoding)
+        chunks = ((job.table.take(slice(start, start + CHUNK)), images, cfg.encoding, job.members)
                   for job in todo for start in range(0, len(job.table), CHUNK))
         results = _ordered(pool, encode_chunk, chunks, 4 * workers)
         for job in todo:
@@ -404,6 +415,7 @@ def pack(npz: Sequence[str | os.PathLike], images: str | os.PathLike, out: str |
     config = {**cfg.__dict__, "samples_per_shard": samples_per_shard, "pad_rgb": list(crop.PAD_RGB),
               "box": "side = 200 * scale * context, centred on center (OpenCV pixel coordinates)"}
     run_hash = _json_hash({"format": manifest.FORMAT, "config": config,
+                           "members": Members.of(table).names(),
                            "sources": [s["sha256"] for s in sources],
                            "images": os.path.realpath(images)})
     jobs = plan(table, samples_per_shard, run_hash)
@@ -433,17 +445,27 @@ def pack(npz: Sequence[str | os.PathLike], images: str | os.PathLike, out: str |
     return PackResult(out, packed, len(rejects), body["totals"]["shards"], resumed, digest)
 
 
+def _add_labels(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, n in counts.items():
+        into[name] = into.get(name, 0) + n
+
+
 def _manifest_body(config: dict[str, Any], sources: list[dict[str, Any]],
                    images: str, table: SampleTable, jobs: Sequence[ShardJob],
                    records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     p = table.params.shape[1]
     shards, subjects, actions = [], {}, {}
+    labels = dict.fromkeys(manifest.LABELS, 0)
     for job, rec in zip(jobs, records):
         subj = subjects.setdefault(job.subject, {"samples": 0, "shards": 0, "rejected": 0,
-                                                 "actions": {}, "sums": []})
+                                                 "actions": {}, "sums": [], "param_count": 0,
+                                                 "labels": dict.fromkeys(manifest.LABELS, 0)})
         subj["samples"] += rec["samples"]
         subj["rejected"] += rec["rejected"]
+        subj["param_count"] += rec["param_count"]
         subj["sums"].append(np.asarray(rec["param_sum"], dtype=np.float64))
+        _add_labels(subj["labels"], rec["labels"])
+        _add_labels(labels, rec["labels"])
         for action, n in rec["actions"].items():
             subj["actions"][action] = subj["actions"].get(action, 0) + n
             actions[action] = actions.get(action, 0) + n
@@ -452,10 +474,9 @@ def _manifest_body(config: dict[str, Any], sources: list[dict[str, Any]],
             shards.append({"path": f"{job.subject}/{job.name}.tar", "index": f"{job.subject}/{job.name}.idx",
                            "subject": job.subject, "samples": rec["samples"], "bytes": rec["bytes"],
                            "sha256": rec["sha256"], "index_bytes": rec["index_bytes"],
-                           "index_sha256": rec["index_sha256"]})
+                           "index_sha256": rec["index_sha256"], "labels": rec["labels"]})
     for subj in subjects.values():
         subj["param_sum"] = manifest.sum_vectors(subj.pop("sums"), p).tolist()
-        subj["param_count"] = subj["samples"]
     return {
         "format": manifest.FORMAT,
         "config": config,
@@ -464,7 +485,8 @@ def _manifest_body(config: dict[str, Any], sources: list[dict[str, Any]],
         "layout": {"size": p, "with_transl": p == layout.SIZE_WITH_TRANSL,
                    "parts": {name: [part.start, part.stop] for name, part in _PARTS.items()
                              if part.stop <= p}},
-        "members": sorted({"jpg", "json", "smpl.npy"} | ({"joints.npy"} if table.joints is not None else set())),
+        "members": Members.of(table).names(),
+        "labels": labels,
         "shards": shards,
         "subjects": subjects,
         "actions": actions,

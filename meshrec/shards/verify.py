@@ -1,9 +1,10 @@
 """Check a shard directory against its manifest: every byte, every count, every index, every sum.
 
 One sequential read per shard hashes it, parses it as a tar, rebuilds its DALI index and reads
-each sample's smpl.npy and json, so that re-counted samples, per-subject and per-action counts
-and the per-subject parameter sums are compared with the manifest (the sums bit for bit: they
-are recomputed with the packer's own routine in the same order).
+each sample's members (exactly the manifest's `members`) and labels, so that re-counted samples,
+per-subject and per-action counts, label counts (per shard, subject and in all) and the
+per-subject parameter sums over SMPL-labelled samples are compared with the manifest (the sums
+bit for bit: they are recomputed with the packer's own routine in the same order).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from meshrec.errors import MeshrecError
 from meshrec.shards import manifest, naming
 from meshrec.shards.tarshard import index_text, split_name
 
-REQUIRED_MEMBERS = ("jpg", "json", "smpl.npy")
+LABEL_SHAPES = {"j3d.npy": (17, 4), "kp2d.npy": (17, 3), "has_smpl.npy": (1,)}
 
 
 class _HashingReader(io.RawIOBase):
@@ -49,12 +50,25 @@ class _Shard:
     size: int = 0
     index: str = ""
     keys: list[str] = field(default_factory=list)
-    vectors: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)  # of SMPL-labelled samples
+    samples: int = 0  # samples read whole
     actions: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
 
-def _read_shard(path: Path, name: str, subject: str, size: int) -> _Shard:
+def _array(data: bytes, ext: str, shape: tuple) -> tuple[np.ndarray | None, str]:
+    """A member's finite float32 array of `shape`, or (None, what is wrong)."""
+    try:
+        arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        return None, f"unreadable {ext} ({exc})"
+    if arr.dtype != np.float32 or arr.shape != shape or not np.isfinite(arr).all():
+        return None, f"{ext} is {arr.dtype} {arr.shape}, expected finite float32 {shape}"
+    return arr, ""
+
+
+def _read_shard(path: Path, name: str, subject: str, size: int, members: set[str]) -> _Shard:
     shard = _Shard()
     groups: list[tuple[str, dict[str, bytes], list[str]]] = []
     with open(path, "rb") as raw:
@@ -77,33 +91,51 @@ def _read_shard(path: Path, name: str, subject: str, size: int) -> _Shard:
             pass
     shard.sha256, shard.size = reader.sha256.hexdigest(), reader.size
     shard.index = index_text([" ".join(entries) for _, _, entries in groups])
-    for key, members, _ in groups:
+    for key, got, _ in groups:
         shard.keys.append(key)
-        missing = [ext for ext in REQUIRED_MEMBERS if ext not in members]
-        if missing:
-            shard.problems.append(f"{name}: sample {key} lacks {', '.join(missing)}")
+        if set(got) != members:
+            shard.problems.append(f"{name}: sample {key} has members {', '.join(sorted(got))}; "
+                                  f"the manifest lists {', '.join(sorted(members))}")
             continue
-        jpg = members["jpg"]
+        jpg = got["jpg"]
         if not (jpg[:2] == b"\xff\xd8" and jpg[-2:] == b"\xff\xd9"):
             shard.problems.append(f"{name}: sample {key}: jpg is not a complete JPEG")
         try:
-            vec = np.lib.format.read_array(io.BytesIO(members["smpl.npy"]), allow_pickle=False)
-            meta = json.loads(members["json"])
+            meta = json.loads(got["json"])
         except (ValueError, UnicodeDecodeError) as exc:
-            shard.problems.append(f"{name}: sample {key}: unreadable smpl.npy or json ({exc})")
+            shard.problems.append(f"{name}: sample {key}: unreadable json ({exc})")
             continue
-        if vec.dtype != np.float32 or vec.shape != (size,) or not np.isfinite(vec).all():
-            shard.problems.append(f"{name}: sample {key}: smpl.npy is {vec.dtype} {vec.shape}, "
-                                  f"expected finite float32 ({size},)")
+        arrays, wrong = {}, []
+        for ext in sorted(members & ({"smpl.npy"} | set(LABEL_SHAPES))):
+            arrays[ext], why = _array(got[ext], ext, (size,) if ext == "smpl.npy" else LABEL_SHAPES[ext])
+            wrong += [why] if why else []
+        if wrong:
+            shard.problems.append(f"{name}: sample {key}: {'; '.join(wrong)}")
             continue
         if meta.get("key") != key or meta.get("subject") != subject:
             shard.problems.append(f"{name}: sample {key}: json names key {meta.get('key')!r}, "
                                   f"subject {meta.get('subject')!r}")
-        shard.vectors.append(vec)
+        # a directory from before has_smpl.npy: every smpl.npy is a label
+        labelled = "smpl.npy" in arrays and float(arrays.get("has_smpl.npy", [1.0])[0]) > 0.5
+        if labelled:
+            shard.vectors.append(arrays["smpl.npy"])
+        shard.labels["smpl"] += int(labelled)
+        for label in ("j3d", "kp2d"):
+            if f"{label}.npy" in arrays:
+                shard.labels[label] += int((arrays[f"{label}.npy"][:, -1] > 0).any())
+        shard.samples += 1
         shard.actions[str(meta.get("action"))] += 1
     if shard.keys != sorted(shard.keys, key=naming.shard_order) or len(set(shard.keys)) != len(shard.keys):
         shard.problems.append(f"{name}: sample keys are not unique and in shard order")
     return shard
+
+
+def _full(labels: dict[str, int]) -> dict[str, int]:
+    return {name: int(labels.get(name, 0)) for name in manifest.LABELS}
+
+
+def _counts(labels: dict[str, int]) -> str:
+    return ", ".join(f"{name} {labels.get(name, 0)}" for name in manifest.LABELS)
 
 
 def verify(out: str | Path) -> tuple[list[str], str]:
@@ -127,6 +159,9 @@ def _verify(out: Path, m: dict[str, Any], problems: list[str]) -> tuple[list[str
     if m.get(manifest.HASH_KEY) != manifest.canonical_hash(m):
         problems.append("manifest.json: manifest_sha256 does not match its contents")
     size = int(m["layout"]["size"])
+    members = set(m["members"])
+    labels: dict[str, Counter] = {s: Counter() for s in m["subjects"]}
+    vectors: Counter = Counter()
     listed: set[str] = set()
     sums: dict[str, list[np.ndarray]] = {s: [] for s in m["subjects"]}
     counts: Counter = Counter()
@@ -143,7 +178,7 @@ def _verify(out: Path, m: dict[str, Any], problems: list[str]) -> tuple[list[str
             problems.append(f"{name}: missing")
             damaged.add(subject)
             continue
-        shard = _read_shard(tar_path, name, subject, size)
+        shard = _read_shard(tar_path, name, subject, size, members)
         problems.extend(shard.problems)
         if shard.size != entry["bytes"] or shard.sha256 != entry["sha256"]:
             problems.append(f"{name}: sha256 {shard.sha256[:12]}… ({shard.size:,} bytes) differs from "
@@ -158,8 +193,13 @@ def _verify(out: Path, m: dict[str, Any], problems: list[str]) -> tuple[list[str
                 problems.append(f"{entry['index']}: sha256 differs from the manifest")
             if idx != shard.index.encode():
                 problems.append(f"{entry['index']}: does not index {name} (offsets, sizes or names differ)")
-        if shard.problems or len(shard.vectors) != entry["samples"]:
+        if shard.problems or shard.samples != entry["samples"]:
             damaged.add(subject)
+        if _full(shard.labels) != manifest.entry_labels(entry):
+            problems.append(f"{name}: label counts {_counts(shard.labels)} differ from the "
+                            f"manifest's {_counts(manifest.entry_labels(entry))}")
+        labels[subject].update(shard.labels)
+        vectors[subject] += len(shard.vectors)
         counts[subject] += len(shard.keys)
         actions.update(shard.actions)
         sums[subject].append(manifest.sum_vectors(shard.vectors, size))
@@ -172,6 +212,17 @@ def _verify(out: Path, m: dict[str, Any], problems: list[str]) -> tuple[list[str
             total = manifest.sum_vectors(sums[subject], size)
             if not np.array_equal(total, np.asarray(info["param_sum"], dtype=np.float64)):
                 problems.append(f"subject {subject}: parameter sum differs from the manifest's")
+            if vectors[subject] != info["param_count"]:
+                problems.append(f"subject {subject}: {vectors[subject]:,} SMPL-labelled samples, "
+                                f"the manifest's param_count says {info['param_count']:,}")
+            if "labels" in info and _full(labels[subject]) != _full(info["labels"]):
+                problems.append(f"subject {subject}: label counts {_counts(labels[subject])} differ "
+                                f"from the manifest's {_counts(info['labels'])}")
+    if "labels" in m and not damaged:
+        recount = sum(labels.values(), Counter())
+        if _full(recount) != _full(m["labels"]):
+            problems.append(f"label counts {_counts(recount)} in the shards differ from the "
+                            f"manifest's {_counts(m['labels'])}")
     if dict(actions) != {a: n for a, n in m["actions"].items() if n}:
         problems.append("per-action counts in the shards differ from the manifest's")
 

@@ -93,7 +93,7 @@ def frozen_checkpoint_predicts_as_trained(out: Path, val_mse: float) -> None:
     assert state["encoder_sha256"] and not any(k.startswith("encoder.") for k in state["model"])
     t = load_trained(str(ckpt), device="cpu")
     cfg = with_shards(t.cfg)
-    joints = evaluate.load_joints(cfg.body.h36m_regressor, t.body.num_vertices)
+    joints = evaluate.body_joints(cfg.body, t.body.num_vertices)
     rec = evaluate.evaluate(t.model, build_loader(cfg, "val"), t.body, joints, t.mean_params,
                             t.amp, t.device)
     assert evaluate.means(rec.model)["mse"] == pytest.approx(val_mse, rel=1e-5)

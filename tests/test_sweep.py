@@ -323,6 +323,22 @@ def test_train_full_script_trains_and_evaluates(slurm_cluster, mlflow_server, tm
 
 # ------------------------------------------------------------------ local executor
 
+def test_cells_are_checked_against_their_labels_before_anything_is_queued(tmp_path, cache,
+                                                                          standin_file):
+    grid = write_grid(tmp_path / "grid.yaml", {"loss.w_joint3d": [0.0, 1.0]})
+    # An SMPL-format file (not the generated stand-in) without body.h36m_regressor: no regressor.
+    args = settings(tmp_path, cache, "labels", "", f"body.model_path={standin_file}")
+    done = cli(grid, [*args, "--local"], tmp_path)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert "loss.w_joint3d / loss.w_kp2d needs Human3.6M's joint regressor" in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/mlflow.db"))
+    varied = write_grid(tmp_path / "protocols.yaml", {"eval.protocol": ["smpl", "h36m-p2"]})
+    with pytest.raises(sweep_mod.ConfigError, match="do not vary the protocol"):
+        sweep_mod.plan(varied)
+
+
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
     p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")

@@ -198,8 +198,9 @@ class Eval:
     batch_size: int = _f(64, "evaluation batch over all ranks", min=1, hash=False)
     protocol: str = _f("smpl", "validation and `meshrec eval` metrics: smpl = vertex and joint "
                        "errors against SMPL labels; h36m-p1 / h36m-p2 = SPIN's protocols (14 joints "
-                       "of the regressed mesh against the mocap joints; p2: camera 60457274 only)",
-                       choices=("smpl", "h36m-p1", "h36m-p2"))
+                       "of the regressed mesh against the mocap joints; p2: camera 60457274 only); h36m-moon = Moon's set (camera 60457274, every "
+                       "64th frame)",
+                       choices=("smpl", "h36m-p1", "h36m-p2", "h36m-moon"))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ h36m-p1   SPIN's Human3.6M protocol 1 (eval.py): the 17 joints regressed from th
           PA-MPJPE ("reconstruction error") the same after a similarity Procrustes alignment;
           both in mm. All four cameras.
 h36m-p2   the same on camera 60457274 only.
+h36m-moon Moon's test set (I2L-MeshNet, Hand4Whole: Human36M.py): camera 60457274, every 64th
+          frame (frame_idx % 64 == 0, frame_idx = the file's frame number − 1), MPJPE and PA-MPJPE
+          on `eval_joint` (1..6, 8, 10..16): the same 14 joints, pelvis-centred, the same numbers.
 SPIN's files sample every 5th frame of S9 and S11; meshrec scores the samples the shards hold.
 """
 
@@ -21,7 +24,8 @@ import numpy as np
 from meshrec import metrics
 from meshrec.body import h36m
 
-PROTOCOLS = ("smpl", "h36m-p1", "h36m-p2")
+PROTOCOLS = ("smpl", "h36m-p1", "h36m-p2", "h36m-moon")
+MOON_STRIDE = 64
 SMPL_NAMES = ("mse", "pve_mm", "mpjpe_mm", "pa_mpjpe_mm")
 H36M_NAMES = ("mpjpe_mm", "pa_mpjpe_mm")
 
@@ -44,9 +48,14 @@ def selection_metric(protocol: str) -> str:
     return "val_" + metric_key(protocol, "mpjpe_mm" if is_h36m(protocol) else "pve_mm")
 
 
-def counts_camera(protocol: str, camera: str) -> bool:
-    """Whether a sample seen by `camera` (Human3.6M id) belongs to the protocol's test set."""
-    return protocol != "h36m-p2" or camera == h36m.PROTOCOL2_CAMERA
+def counts(protocol: str, camera: str, frame: int) -> bool:
+    """Whether the sample of `camera` (Human3.6M id) and frame number `frame` (1-based, as file
+    names give it) belongs to the protocol's test set."""
+    if protocol == "h36m-p2":
+        return camera == h36m.PROTOCOL2_CAMERA
+    if protocol == "h36m-moon":
+        return camera == h36m.PROTOCOL2_CAMERA and (frame - 1) % MOON_STRIDE == 0
+    return True
 
 
 def j14(joints17: Any, centre: bool) -> np.ndarray:

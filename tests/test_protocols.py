@@ -47,8 +47,12 @@ def test_hand_made_cases():
 
 
 def test_protocol_two_is_the_frontal_camera_and_names_are_the_papers():
-    assert [protocols.counts_camera("h36m-p2", c) for c in h36m.CAMERA_IDS] == [False, False, False, True]
-    assert all(protocols.counts_camera("h36m-p1", c) for c in h36m.CAMERA_IDS)
+    assert [protocols.counts("h36m-p2", c, 6) for c in h36m.CAMERA_IDS] == [False, False, False, True]
+    assert all(protocols.counts("h36m-p1", c, 6) for c in h36m.CAMERA_IDS)
+    # Moon's: frame_idx % 64 == 0 on camera 4, file numbers being frame_idx + 1
+    assert [f for f in range(1, 200) if protocols.counts("h36m-moon", "60457274", f)] == [1, 65, 129, 193]
+    assert not protocols.counts("h36m-moon", "54138969", 1)
+    assert protocols.metric_key("h36m-moon", "mpjpe_mm") == "moon_mpjpe_mm"
     assert protocols.selection_metric("h36m-p2") == "val_p2_mpjpe_mm"
     assert protocols.selection_metric("smpl") == "val_pve_mm"
     assert [h36m.NAMES[i] for i in h36m.H36M_TO_J14] == [

@@ -235,10 +235,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "subject and per action, under a protocol: smpl (vertex MSE, "
                                    "PVE, MPJPE, PA-MPJPE against SMPL labels) or h36m-p1 / h36m-p2 "
                                    "(SPIN's: MPJPE and PA-MPJPE in mm on 14 joints regressed from "
-                                   "the mesh against the mocap joints; p2 = camera 60457274). The "
+                                   "the mesh against the mocap joints; p2 = camera 60457274; "
+                                   "h36m-moon = Moon's camera-60457274 every-64th-frame set). The "
                                    "last line is 'protocol=P samples=N mpjpe_mm=… pa_mpjpe_mm=…'.")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
-    p.add_argument("--protocol", choices=("smpl", "h36m-p1", "h36m-p2"),
+    p.add_argument("--protocol", choices=("smpl", "h36m-p1", "h36m-p2", "h36m-moon"),
                    help="evaluation protocol (default: the checkpoint's eval.protocol)")
     p.add_argument("--shards", metavar="DIR", help="shard directory to evaluate on (default: the "
                                                   "checkpoint's data.shards)")

@@ -113,7 +113,8 @@ def _scored(batch: dict, protocol: str) -> list[int]:
         return [i for i in range(len(keys)) if has is None or bool(has[i])]
     conf = batch["j3d"][:, list(h36m.H36M_TO_J14), 3].cpu()
     return [i for i, key in enumerate(keys)
-            if protocols.counts_camera(protocol, key_camera(key)) and bool((conf[i] > 0).all())]
+            if protocols.counts(protocol, key_camera(key), key_frame(key))
+            and bool((conf[i] > 0).all())]
 
 
 @torch.no_grad()
@@ -192,6 +193,12 @@ def key_camera(key: str) -> str:
     """Camera id of a sample key S1-Directions_1-54138969-000001."""
     parts = key.split("-")
     return parts[-2] if len(parts) >= 4 else ""
+
+
+def key_frame(key: str) -> int:
+    """Frame number of a sample key S1-Directions_1-54138969-000001 (-1 if it has none)."""
+    last = key.rsplit("-", 1)[-1]
+    return int(last) if last.isdigit() else -1
 
 
 def key_parts(key: str) -> tuple[str, str]:

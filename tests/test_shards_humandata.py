@@ -201,3 +201,19 @@ def test_training_on_keypoints_only_uses_the_joint_losses(keypoints_only, tmp_pa
         total, terms = compute_loss(t.model(batch["image"]), batch, t.body, cfg, joints.regressor)
     assert set(terms) == {"joint3d", "kp2d"} and not bool(batch["has_smpl"].any())
     assert all(torch.isfinite(v) and v > 0 for v in terms.values()) and torch.isfinite(total)
+
+
+def test_an_empty_smpl_is_no_label_and_a_keypoint_count_off_its_mask_is_refused(tmp_path):
+    from meshrec.shards.adapters import load_sources
+
+    npz, info = write_humandata(tmp_path, subjects=("S1",), frames=1)
+    data = info["data"]
+    np.savez_compressed(npz, **{**data, "smpl": {"betas": None}})  # None entries count as absent
+    table = load_sources("humandata", [npz])
+    assert not table.has_smpl.any() and (table.params == 0).all()
+    assert table.j3d.shape == (2, 17, 4) and table.problem.tolist() == ["", ""]
+    np.savez_compressed(npz, **{**data, "keypoints3d": data["keypoints3d"][:, :-1]})
+    with pytest.raises(MeshrecError, match=r"^\S+h36m_train\.npz: 'keypoints3d' has shape "
+                                           r"\(2, 15, 4\) .*expected \(2, 16, 4\) numbers "
+                                           r"\(human_data convention, compressed by its mask\)$"):
+        load_sources("humandata", [npz])

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layout of the npz files: SPIN's h36m npz (also meshrec's generated data; "
                         "imgname center scale and the labels it has: optional SMPL pose+shape "
                         "[has_smpl transl], optional joints S (3D) and part (2D) — SPIN's "
-                        "h36m_train.npz has no SMPL) or mmhuman3d HumanData (smpl required)")
+                        "h36m_train.npz has no SMPL) or mmhuman3d HumanData (image_path bbox_xywh and smpl, "
+                        "keypoints3d/keypoints2d with their masks as its H36M converter writes "
+                        "them, or both)")
     p.add_argument("--npz", required=True, nargs="+", metavar="FILE", help="source npz file(s)")
     p.add_argument("--images", required=True, metavar="ROOT",
                    help="folder the npz image paths are relative to")

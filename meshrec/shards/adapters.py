@@ -10,10 +10,15 @@ spin       SPIN's h36m npz (and meshrec's generated data, which writes the same 
            Human3.6M's order; `openpose` is ignored. SPIN's training file has no SMPL
            (imgname center scale part S openpose), its evaluation files imgname center scale S.
 humandata  mmhuman3d HumanData npz: image_path (N,) · bbox_xywh (N,4) or (N,5) with a
-           confidence (≤ 0: the row is rejected) · smpl, a pickled dict of global_orient (N,3),
-           body_pose (N,69) or (N,23,3), betas (N,10), optional transl (N,3). The box becomes
-           center = (x + w/2, y + h/2), scale = max(w, h)/200. The pickle is read by
-           meshrec.safe_pickle: only NumPy arrays, dicts and lists load, nothing runs.
+           confidence (≤ 0: the row is rejected), and smpl or keypoints or both: smpl, a pickled
+           dict of global_orient (N,3), body_pose (N,69) or (N,23,3), betas (N,10), optional
+           transl (N,3) (absent or empty: has_smpl false) · keypoints3d (N,J,4) root-centred m
+           + confidence and keypoints2d (N,J,3) full-frame px + confidence, each with its (J,)
+           *_mask, in the 'human_data' convention (190 joints; compressed to the masked ones, as
+           mmhuman3d's H36M converter writes them) or 'h36m' (see humandata.py); a joint's
+           confidence is its own × its mask. The box becomes center = (x + w/2, y + h/2),
+           scale = max(w, h)/200. The pickle is read by meshrec.safe_pickle: only NumPy arrays,
+           dicts and lists load, nothing runs.
 
 Whole-file problems (missing key, wrong shape, non-Human3.6M image names, duplicate keys)
 raise MeshrecError naming the file and key; per-row problems travel in `problem` or are found
@@ -31,7 +36,7 @@ from meshrec.body import h36m
 from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
 from meshrec.safe_pickle import load_npz
-from meshrec.shards import naming
+from meshrec.shards import humandata, naming
 from meshrec.shards.sample import SampleTable, concat
 
 
@@ -121,6 +126,17 @@ def _spin_joints(entries: dict[str, Any], key: str, width: int, path: str,
     return h36m.j24_to_h36m(j24)
 
 
+def _no_label(has_smpl: np.ndarray, *joints: np.ndarray | None) -> np.ndarray:
+    """(N,) object array of row problems: "" or why a row has no label at all."""
+    seen = np.zeros(has_smpl.shape[0], dtype=bool)
+    for arr in joints:
+        if arr is not None:
+            seen |= (arr[..., -1] > 0).any(axis=-1)
+    problem = np.full(has_smpl.shape[0], "", dtype=object)
+    problem[~has_smpl & ~seen] = "no label: no SMPL parameters and every joint's confidence is 0"
+    return problem
+
+
 def load_spin(path: str) -> SampleTable:
     required = ("imgname", "center", "scale")
     entries, skipped = load_npz(path, purpose="a SPIN data file")
@@ -141,28 +157,18 @@ def load_spin(path: str) -> SampleTable:
     j3d = _spin_joints(entries, "S", 4, path, n)
     kp2d = _spin_joints(entries, "part", 3, path, n)
     cam_k = _numeric(entries["cam_K"], "cam_K", path, [(3, 3)], n) if "cam_K" in entries else None
-    seen = np.zeros(n, dtype=bool)
-    for joints in (j3d, kp2d):
-        if joints is not None:
-            seen |= (joints[..., -1] > 0).any(axis=-1)
-    problem = np.full(n, "", dtype=object)
-    problem[~has_smpl & ~seen] = "no label: no SMPL parameters and every joint's confidence is 0"
     return _table(path, images, center, scale, params, has_smpl, j3d, kp2d, cam_k,
-                  problem.astype(str))
+                  _no_label(has_smpl, j3d, kp2d).astype(str))
 
 
-def load_humandata(path: str) -> SampleTable:
-    required = ("image_path", "bbox_xywh", "smpl")
-    entries, skipped = load_npz(path, pickled=("smpl",), purpose="a HumanData file")
-    _require(entries, skipped, required, path, "humandata")
-    images = _strings(entries["image_path"], "image_path", path)
-    n = images.shape[0]
-    if n == 0:
-        raise MeshrecError(f"{path}: 'image_path' is empty")
-    bbox = _numeric(entries["bbox_xywh"], "bbox_xywh", path, [(4,), (5,)], n)
-    smpl = entries["smpl"]
+def _humandata_smpl(entries: dict[str, Any], path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(params (N, P), has_smpl (N,)) of a HumanData file; no (or an empty) `smpl`: no labels."""
+    smpl = entries.get("smpl", {})
     if not isinstance(smpl, dict):
         raise MeshrecError(f"{path}: 'smpl' holds a {type(smpl).__name__}, expected a dict of arrays")
+    smpl = {k: v for k, v in smpl.items() if v is not None}
+    if not smpl:
+        return np.zeros((n, layout.SIZE)), np.zeros(n, dtype=bool)
     for key in ("global_orient", "body_pose", "betas"):
         if key not in smpl:
             raise MeshrecError(f"{path}: 'smpl' has no key '{key}' (HumanData's smpl needs "
@@ -171,17 +177,34 @@ def load_humandata(path: str) -> SampleTable:
     body = _numeric(smpl["body_pose"], "smpl.body_pose", path,
                     [(3 * (layout.NUM_JOINTS - 1),), (layout.NUM_JOINTS - 1, 3)], n).reshape(n, -1)
     betas = _numeric(smpl["betas"], "smpl.betas", path, [(layout.NUM_BETAS,)], n)
-    transl = (_numeric(smpl["transl"], "smpl.transl", path, [(3,)], n)
-              if smpl.get("transl") is not None else None)
+    transl = _numeric(smpl["transl"], "smpl.transl", path, [(3,)], n) if "transl" in smpl else None
+    return layout.join(orient, body, betas, transl), np.ones(n, dtype=bool)
+
+
+def load_humandata(path: str) -> SampleTable:
+    entries, skipped = load_npz(path, pickled=("smpl",), purpose="a HumanData file")
+    _require(entries, skipped, ("image_path", "bbox_xywh"), path, "humandata")
+    _require(entries, skipped, [k for k in humandata.KEYS if k in entries or k in skipped],
+             path, "humandata")
+    if "smpl" not in entries and not any(k in entries for k in humandata.KEYS):
+        raise MeshrecError(f"{path} has neither SMPL parameters (smpl) nor keypoints "
+                           "(keypoints3d, keypoints2d): nothing to train or evaluate on")
+    images = _strings(entries["image_path"], "image_path", path)
+    n = images.shape[0]
+    if n == 0:
+        raise MeshrecError(f"{path}: 'image_path' is empty")
+    bbox = _numeric(entries["bbox_xywh"], "bbox_xywh", path, [(4,), (5,)], n)
+    params, has_smpl = _humandata_smpl(entries, path, n)
+    j3d = humandata.keypoints(entries, "keypoints3d", 4, path, n)
+    kp2d = humandata.keypoints(entries, "keypoints2d", 3, path, n)
     x, y, w, h = bbox[:, 0], bbox[:, 1], bbox[:, 2], bbox[:, 3]
     center = np.stack([x + w / 2, y + h / 2], axis=1)
     scale = np.maximum(w, h) / 200.0
-    problem = np.full(n, "", dtype=object)
+    problem = _no_label(has_smpl, j3d, kp2d)
     if bbox.shape[1] == 5:
         problem[bbox[:, 4] <= 0] = "bbox confidence is 0 (no valid box)"
     problem[(w <= 0) | (h <= 0)] = "bbox has zero or negative width/height"
-    params = layout.join(orient, body, betas, transl)
-    return _table(path, images, center, scale, params, np.ones(n, dtype=bool), None, None, None,
+    return _table(path, images, center, scale, params, has_smpl, j3d, kp2d, None,
                   problem.astype(str))
 
 

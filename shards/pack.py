@@ -1,4 +1,4 @@
-"""Pack preprocessed Human3.6M (SPIN or mmhuman3d HumanData npz + images) into WebDataset shards.
+"""Pack preprocessed Human3.6M (SPIN or HumanData npz, or Moon's JSON; + images) into WebDataset shards.
 
     python shards/pack.py --source spin --npz h36m_train.npz h36m_valid.npz --images ROOT --out DIR
     python shards/pack.py --source h36m-moon --annotations ANN --body SMPL_NEUTRAL.pkl

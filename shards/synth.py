@@ -13,6 +13,8 @@ noise) in SPIN's J24 rows, S pelvis-centred in metres, part in full-frame pixels
 (imgname center scale part S openpose, no SMPL), h36m_train_smpl.npz (+ pose shape has_smpl),
 h36m_valid.npz (as without the flag), h36m_valid_protocol1.npz (all cameras) and
 h36m_valid_protocol2.npz (camera 60457274), both imgname center scale S as SPIN's h36m.py.
+--moon-files also writes Moon's layout (I2L-MeshNet's annotations/*.json with NeuralAnnot-style
+world fits, images/ as links to the frames) for pack.py --source h36m-moon.
 Conventions: meshrec/synth/writer.py, npz_files.py and generate.py.
 """
 
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spin-files", action="store_true",
                     help="write SPIN's file set (h36m_train.npz without SMPL, h36m_train_smpl.npz, "
                          "h36m_valid.npz, h36m_valid_protocol1/2.npz); images are the same")
+    ap.add_argument("--moon-files", action="store_true",
+                    help="also write Moon's Human3.6M layout (annotations/Human36M_subjectN_{data,camera,"
+                         "joint_3d,SMPL_NeuralAnnot}.json, images/ as hard links): for pack.py "
+                         "--source h36m-moon; images are the same")
     ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="worker processes (default: all available cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from meshrec.synth.writer import synthesize  # torch and the renderer: only once args are good
 
         summary = synthesize(args.out, subjects, settings, arrays, workers=args.workers,
-                             progress=not args.quiet, regressor=regressor, spin_files=args.spin_files)
+                             progress=not args.quiet, regressor=regressor, spin_files=args.spin_files,
+                             moon_files=args.moon_files)
         rows = ", ".join(f"{os.path.join(args.out, f.name)} ({summary.rows[f.name]:,} rows)"
-                         for f in summary.files)
+                         for f in summary.files if f.name in summary.rows)
         print(f"{summary.images:,} images ({summary.rendered:,} rendered now, "
               f"{summary.images - summary.rendered:,} already there); {rows}")
         return 0

@@ -218,7 +218,11 @@ def load_sources(kind: str, paths: Sequence[str]) -> SampleTable:
     if not paths:
         raise MeshrecError("no source files given")
     tables = [ADAPTERS[kind](os.fspath(p)) for p in paths]
-    table = concat(tables, [os.fspath(p) for p in paths])
+    return sorted_unique(concat(tables, [os.fspath(p) for p in paths]))
+
+
+def sorted_unique(table: SampleTable) -> SampleTable:
+    """The table sorted by (subject, key); two rows naming one frame are an error."""
     order = sorted(range(len(table)),
                    key=lambda i: (naming.subject_order(str(table.subject[i])), str(table.key[i])))
     table = table.take(np.asarray(order, dtype=np.int64))

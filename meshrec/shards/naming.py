@@ -59,9 +59,14 @@ def parse_or_fail(path: str, source: str) -> FrameName:
     return name
 
 
+def clean(action: str) -> str:
+    """An action name safe in a key: anything but letters, digits and _ becomes _ ("Walk Dog")."""
+    return _UNSAFE.sub("_", action)
+
+
 def sample_key(name: FrameName) -> str:
     """`S1-Directions_1-54138969-000123`: no dots, no slashes; sorts by action, camera, frame."""
-    action = _UNSAFE.sub("_", name.action)
+    action = clean(name.action)
     key = f"{name.subject}-{action}-{name.camera}-{name.frame:06d}"
     if len(key) > MAX_KEY:  # tar (USTAR) member names are at most 100 characters
         raise MeshrecError(f"sample key '{key}' is longer than {MAX_KEY} characters")

@@ -49,8 +49,8 @@ from tqdm import tqdm
 from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open, sha256_file
-from meshrec.shards import crop, manifest, naming
-from meshrec.shards.adapters import load_sources
+from meshrec.shards import crop, manifest, moon, naming
+from meshrec.shards.adapters import ADAPTERS, load_sources
 from meshrec.shards.encode import EncodeConfig, Members, Reject, encode, label_counts, smpl_vector
 from meshrec.shards.sample import SampleTable
 from meshrec.shards.tarshard import TarShard
@@ -61,6 +61,7 @@ PROBE_SAMPLES = 16
 CHUNK = 32  # samples per worker task: small enough to balance the cores, large enough to amortize IPC
 _SHARD_FILE = re.compile(r"^(?P<name>S\d+-\d{6})\.(?:tar|idx)$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")
+SOURCE_KINDS = (*ADAPTERS, moon.KIND)  # npz adapters, and Moon's per-subject JSON (moon.py)
 _PARTS = {"global_orient": layout.GLOBAL_ORIENT, "body_pose": layout.BODY_POSE, "betas": layout.BETAS,
           "transl": layout.TRANSL}
 
@@ -392,8 +393,9 @@ def _run_jobs(jobs: Sequence[ShardJob], images: str, out: Path, cfg: PackConfig,
 
 def pack(npz: Sequence[str | os.PathLike], images: str | os.PathLike, out: str | os.PathLike,
          cfg: PackConfig, workers: int | None = None, progress: bool = True,
-         log: Callable[[str], None] = print) -> PackResult:
-    """Pack the `cfg.source` files `npz` with images under `images` into `out` (see module doc).
+         log: Callable[[str], None] = print, moon_source: moon.MoonSource | None = None) -> PackResult:
+    """Pack the `cfg.source` files `npz` with images under `images` into `out` (see module doc);
+    for source h36m-moon, `moon_source` names what to read instead and `npz` is empty.
 
     With workers > 1 it starts worker processes (forkserver): a script calling it needs the usual
     `if __name__ == "__main__":` guard. Every problem with the input raises MeshrecError before
@@ -404,16 +406,21 @@ def pack(npz: Sequence[str | os.PathLike], images: str | os.PathLike, out: str |
     if out.exists() and not out.is_dir():
         raise MeshrecError(f"--out {out} exists and is not a directory")
     _check_images_root(images)
-    paths = [os.fspath(p) for p in npz]
+    if (cfg.source == moon.KIND) != (moon_source is not None):
+        raise MeshrecError(f"source {cfg.source}: " + ("give the annotations folder, not npz files"
+                                                      if moon_source is None else "takes npz files"))
+    paths = moon_source.files() if moon_source is not None else [os.fspath(p) for p in npz]
     for path in paths:
         if not os.path.isfile(path):
             raise MeshrecError(f"source file {path} does not exist")
-    table = load_sources(cfg.source, paths)
+    table = moon_source.load() if moon_source is not None else load_sources(cfg.source, paths)
     sources = [{"file": os.path.basename(p), "path": p, "sha256": sha256_file(p),
                 "bytes": os.path.getsize(p)} for p in paths]
     samples_per_shard = probe_samples_per_shard(table, images, cfg)
     config = {**cfg.__dict__, "samples_per_shard": samples_per_shard, "pad_rgb": list(crop.PAD_RGB),
               "box": "side = 200 * scale * context, centred on center (OpenCV pixel coordinates)"}
+    if moon_source is not None:
+        config["selection"] = moon_source.selection.as_dict()
     run_hash = _json_hash({"format": manifest.FORMAT, "config": config,
                            "members": Members.of(table).names(),
                            "sources": [s["sha256"] for s in sources],

@@ -252,11 +252,12 @@ def _claim_directory(out_dir: Path, settings: Settings, digest: str) -> None:
 def synthesize(out_dir: str | os.PathLike, subjects: list[str], settings: Settings,
                arrays: dict[str, np.ndarray], workers: int | None = None,
                progress: bool = True, regressor: np.ndarray | None = None,
-               spin_files: bool = False) -> Summary:
+               spin_files: bool = False, moon_files: bool = False) -> Summary:
     """Generate images and npz files for `subjects` under `out_dir` (see the module docstring).
 
     regressor: (17, V) Human3.6M joint regressor of this body (None: the stand-in's, built for
-    it). spin_files: write SPIN's file set; neither changes the images or the settings record.
+    it). spin_files: write SPIN's file set; moon_files: also Moon's layout (moon_files.py); none
+    of these changes the images or the settings record.
     """
     settings.check()
     out = Path(out_dir)
@@ -292,6 +293,11 @@ def synthesize(out_dir: str | os.PathLike, subjects: list[str], settings: Settin
         save_npz(out / name, data)
         files.append(out / name)
         counts[name] = len(data["imgname"])
+    if moon_files:
+        from meshrec.synth.moon_files import write_moon_files
+
+        files += write_moon_files(out, tasks, results, generate.Body(arrays, regressor),
+                                  settings.seed, settings.size)
     return Summary(images=total, rendered=rendered, rows=counts, files=files)
 
 

@@ -184,3 +184,20 @@ def test_a_camera_missing_from_the_camera_file_is_refused(synth, standin_file, t
     (ann / "Human36M_subject1_joint_3d.json").write_text("{not json")
     cams.unlink()
     _refused(_cli(ann, synth / "images", out, standin_file, "--subjects", "S1"), out, cams)
+
+
+def test_the_joint_file_lists_the_legs_right_first_as_moons_release(synth):
+    """Moon's _joint_3d.json rows follow I2L-MeshNet's h36m_joints_name (R_Hip at row 1); the
+    same frame's SPIN-layout joints (meshrec's order, left_hip at row 1) must agree by name."""
+    ann = synth / "annotations"
+    world = np.asarray(json.loads((ann / "Human36M_subject1_joint_3d.json").read_text())["2"]["1"]["0"])
+    cam = json.loads((ann / "Human36M_subject1_camera.json").read_text())["1"]
+    in_cam = (np.asarray(cam["R"]) @ world.T).T + np.asarray(cam["t"])
+    in_cam = (in_cam - in_cam[0]) / 1000.0
+    truth = _truth(synth)[f"S1-Directions_1-{h36m.CAMERA_IDS[0]}-000001"]
+    spin = h36m.j24_to_h36m(truth["S"])[:, :3]
+    for row, name in enumerate(h36m.MOON_NAMES):
+        mine = {"Pelvis": "pelvis", "Torso": "spine", "Neck": "thorax", "Nose": "nose",
+                "Head_top": "head"}.get(name) or f"{'left' if name[0] == 'L' else 'right'}_{name[2:].lower()}"
+        assert np.abs(in_cam[row] - spin[h36m.NAMES.index(mine)]).max() < 1e-6, name
+    assert np.abs(spin[h36m.NAMES.index("left_hip")] - spin[h36m.NAMES.index("right_hip")]).max() > 0.05

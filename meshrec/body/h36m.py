@@ -36,6 +36,14 @@ H36M_TO_J14: tuple[int, ...] = H36M_TO_J17[:14]
 J24_TO_J17: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 14, 16, 17)
 J24_TO_J14: tuple[int, ...] = J24_TO_J17[:14]
 
+# Moon's release (I2L-MeshNet Human36M.py `h36m_joints_name`, its _joint_3d.json and
+# J_regressor_h36m_correct.npy) lists the same 17 joints with the legs right first: its row k is
+# meshrec's row MOON_ORDER[k] (names matched; an involution, so it maps both ways).
+MOON_NAMES: tuple[str, ...] = (
+    "Pelvis", "R_Hip", "R_Knee", "R_Ankle", "L_Hip", "L_Knee", "L_Ankle", "Torso", "Neck", "Nose",
+    "Head_top", "L_Shoulder", "L_Elbow", "L_Wrist", "R_Shoulder", "R_Elbow", "R_Wrist")
+MOON_ORDER: tuple[int, ...] = (0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+
 # Left/right swap of the 17 rows under a horizontal flip.
 FLIP_PERM: tuple[int, ...] = tuple(
     NAMES.index(n.replace("left_", "@").replace("right_", "left_").replace("@", "right_"))
@@ -44,6 +52,14 @@ FLIP_PERM: tuple[int, ...] = tuple(
 # Human3.6M's cameras: index 1..4 (Moon's cam_idx) ↔ the ids in its file names.
 CAMERA_IDS: tuple[str, ...] = ("54138969", "55011271", "58860488", "60457274")
 PROTOCOL2_CAMERA = "60457274"   # SPIN's protocol 2: the frontal camera only
+
+
+def reorder_moon(joints: np.ndarray) -> np.ndarray:
+    """(..., 17, C) rows in Moon's order → meshrec's (or back: the permutation is its own inverse)."""
+    joints = np.asarray(joints)
+    if joints.shape[-2] != NUM_JOINTS:
+        raise ValueError(f"expected [..., 17, C] joints, got {joints.shape}")
+    return joints[..., list(MOON_ORDER), :]
 
 
 def j24_to_h36m(j24: np.ndarray) -> np.ndarray:

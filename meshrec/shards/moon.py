@@ -5,7 +5,8 @@ Per subject N, under the annotations folder (layout: /work/shared/H36M.md):
                                   action_name, action_idx, subaction_idx, cam_idx, frame_idx),
                                   annotations (image_id, bbox [x, y, w, h], keypoints_vis)
   Human36M_subjectN_camera.json   {"1".."4": {R, t (mm), f, c}}, X_cam = R·X_world + t
-  Human36M_subjectN_joint_3d.json [action][subaction][frame] → 17×3 world mm
+  Human36M_subjectN_joint_3d.json [action][subaction][frame] → 17×3 world mm, rows in Moon's
+                                  order (legs right first: h36m.MOON_NAMES), reordered to meshrec's
   Human36M_subjectN_SMPL_NeuralAnnot.json (optional) [action][subaction][frame] → pose 72,
                                   shape 10, trans 3 m, WORLD frame; one fit serves all cameras
 NeuralAnnot's demo_smpl.py moves a fit into camera c by running SMPL with root orientation
@@ -261,7 +262,7 @@ def load_subject(folder: str, subject: str, selection: Selection,
         if mocap.shape != (h36m.NUM_JOINTS, 3):
             problem[r] = f"{os.path.basename(joints_path)} has no 17×3 joints for this frame"
         else:
-            world[r] = mocap.astype(np.float64)
+            world[r] = h36m.reorder_moon(mocap.astype(np.float64))  # legs right first there
         vec, why = _fit_vector(_lookup(fits, a, s, f))
         if vec is not None:
             fit_vec[r], has_smpl[r] = vec, True

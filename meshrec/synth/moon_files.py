@@ -92,7 +92,7 @@ def write_moon_files(out: Path, tasks: Sequence[Any], rows: dict[int, dict[str, 
             files["annotations"].append({
                 "id": image_id, "image_id": image_id, "bbox": [cx - side / 2, cy - side / 2, side, side],
                 "keypoints_vis": [True] * h36m.NUM_JOINTS})
-            joints[str(frame_idx)] = (1000.0 * posed.mocap[k]).tolist()
+            joints[str(frame_idx)] = (1000.0 * h36m.reorder_moon(posed.mocap[k])).tolist()
             fits[str(frame_idx)] = world_fit(posed, k)
     written = []
     try:

@@ -3,6 +3,8 @@
     python shards/pack.py --source spin --npz h36m_train.npz h36m_valid.npz --images ROOT --out DIR
     python shards/pack.py --source h36m-moon --annotations ANN --body SMPL_NEUTRAL.pkl
         --images ROOT --out DIR [--subjects S1,S5,S6,S7,S8 --every 5 | --eval-set h36m-moon]
+    python shards/pack.py --source spin --npz h36m_train.npz --annotations ANN --body SMPL_NEUTRAL.pkl
+        --subjects S9 --images ROOT --moon-images ROOT/images --out DIR   # two sources, one DIR
 
 h36m-moon reads Moon's per-subject JSON (I2L-MeshNet's layout) with NeuralAnnot's SMPL fits,
 moved into each camera as NeuralAnnot's demo_smpl.py does (frames without a fit: joints only).
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     moon.add_argument("--every", type=int, metavar="N",
                       help="keep frames with frame_idx %% N == 0 (default: 5, as Moon's training)")
     moon.add_argument("--cameras", metavar="LIST", help="camera indices 1..4 (default: 1,2,3,4)")
+    moon.add_argument("--moon-images", metavar="DIR",
+                      help="Moon's images/ folder, inside --images, when --annotations joins --npz "
+                           "files of another source (other subjects) in one pack")
     moon.add_argument("--eval-set", choices=tuple(EVAL_SETS),
                       help="a test set instead of --subjects/--every/--cameras (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="output shard directory")
@@ -76,7 +81,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-_MOON_OPTIONS = ("annotations", "body", "subjects", "every", "cameras", "eval_set")
+_MOON_OPTIONS = ("annotations", "body", "subjects", "every", "cameras", "eval_set", "moon_images")
 
 
 def _moon_source(args: argparse.Namespace):
@@ -88,12 +93,13 @@ def _moon_source(args: argparse.Namespace):
 
     given = [flag(k) for k in _MOON_OPTIONS if getattr(args, k) is not None]
     if args.source != moon.KIND:
-        if given:
-            raise MeshrecError(f"{given[0]} is for --source {moon.KIND}")
         if not args.npz:
             raise MeshrecError(f"--source {args.source} needs --npz FILE ...")
-        return None
-    if args.npz:
+        if not given:
+            return None
+        if args.annotations is None:  # Moon's options without Moon's JSON
+            raise MeshrecError(f"{given[0]} is for --source {moon.KIND} (or --annotations beside --npz)")
+    elif args.npz:
         raise MeshrecError(f"--source {moon.KIND} reads --annotations, not --npz")
     for name in ("annotations", "body"):
         if getattr(args, name) is None:
@@ -113,7 +119,12 @@ def _moon_source(args: argparse.Namespace):
         selection = moon.Selection(tuple(s.strip() for s in subjects if s.strip()),
                                    5 if args.every is None else args.every, cameras)
     selection.check()
-    return moon.MoonSource(args.annotations, selection, args.body)
+    prefix = ""
+    if args.moon_images is not None:
+        prefix = os.path.relpath(args.moon_images, args.images)
+        if prefix.startswith(".."):
+            raise MeshrecError(f"--moon-images {args.moon_images} must be inside --images {args.images}")
+    return moon.MoonSource(args.annotations, selection, args.body, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:

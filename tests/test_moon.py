@@ -201,3 +201,44 @@ def test_the_joint_file_lists_the_legs_right_first_as_moons_release(synth):
                 "Head_top": "head"}.get(name) or f"{'left' if name[0] == 'L' else 'right'}_{name[2:].lower()}"
         assert np.abs(in_cam[row] - spin[h36m.NAMES.index(mine)]).max() < 1e-6, name
     assert np.abs(spin[h36m.NAMES.index("left_hip")] - spin[h36m.NAMES.index("right_hip")]).max() > 0.05
+
+
+def test_spin_joints_and_neuralannot_fits_mixed_in_one_pack_train_together(
+        synth, standin_file, standin_model, tmp_path):
+    """SPIN's joints-only file for S1 and Moon's release with fits for S9, packed into one
+    directory: the manifest says which subject carries which labels, and a run trains on both."""
+    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.config import load_config
+    from meshrec.synth.settings import Settings
+    from meshrec.synth.writer import synthesize
+    from meshrec.train.loop import train
+
+    # The same frames again, now also in SPIN's files (images are kept, nothing re-rendered).
+    synthesize(synth, SUBJECTS, Settings(seed=0, size=SIZE, frames_per_subject=16), standin_model,
+               workers=1, progress=False, spin_files=True)
+    out = tmp_path / "mixed"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "shards" / "pack.py"), "--source", "spin",
+         "--npz", str(synth / "h36m_train.npz"), "--annotations", str(synth / "annotations"),
+         "--body", str(standin_file), "--subjects", "S9", "--images", str(synth),
+         "--moon-images", str(synth / "images"), "--out", str(out), "--size", str(CROP),
+         "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    s1, s9 = manifest["subjects"]["S1"]["labels"], manifest["subjects"]["S9"]["labels"]
+    assert s1["smpl"] == 0 and s1["j3d"] == s1["kp2d"] == manifest["subjects"]["S1"]["samples"] > 0
+    assert s9["smpl"] == s9["j3d"] == manifest["subjects"]["S9"]["samples"] > 0
+    assert manifest["layout"]["size"] == 85  # Moon's fits carry translation; S1's rows are zeros
+    regressor = tmp_path / "J_regressor_h36m.npy"
+    np.save(regressor, h36m_regressor(standin_model))
+    cfg = load_config(None, [
+        f"body.model_path={standin_file}", f"body.h36m_regressor={regressor}",
+        f"data.shards={out}", "data.train_subjects=[S1,S9]", "data.val_subjects=[S9]",
+        "eval.subjects=[S9]", "data.backend=torch", "data.num_threads=1", "data.image_size=48",
+        "data.batch_size=16", "model.encoder=resnet18", "model.weights=none",
+        "model.freeze_encoder=false", "model.hidden=64", "loss.w_vert=1", "loss.w_joint3d=1",
+        "loss.w_kp2d=1", "train.epochs=1", "train.checkpoint_every=0", "track.enabled=false",
+        "track.overlays=0", f"train.output_dir={tmp_path / 'run'}"])
+    metrics = train(cfg)
+    assert metrics["steps"] > 0 and metrics["bad_steps"] == 0
+    assert np.isfinite(metrics["val_pve_mm"]) and metrics["val_samples"] > 0

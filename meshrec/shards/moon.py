@@ -341,6 +341,7 @@ class MoonSource:
     annotations: str
     selection: Selection
     body: str  # the SMPL-format model the fits were made with (NeuralAnnot: neutral SMPL)
+    image_prefix: str = ""  # Moon's images root relative to the packer's (sources mixed in one pack)
 
     def files(self) -> list[str]:
         return [*annotation_files(self.annotations, self.selection), self.body]
@@ -348,4 +349,7 @@ class MoonSource:
     def load(self) -> SampleTable:
         from meshrec.body.model_file import load_arrays
 
-        return load_moon(self.annotations, self.selection, load_arrays(self.body))
+        table = load_moon(self.annotations, self.selection, load_arrays(self.body))
+        if self.image_prefix:
+            table.image = np.char.add(f"{self.image_prefix.rstrip('/')}/", table.image).astype(str)
+        return table

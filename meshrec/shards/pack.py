@@ -50,9 +50,9 @@ from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open, sha256_file
 from meshrec.shards import crop, manifest, moon, naming
-from meshrec.shards.adapters import ADAPTERS, load_sources
+from meshrec.shards.adapters import ADAPTERS, load_sources, sorted_unique
 from meshrec.shards.encode import EncodeConfig, Members, Reject, encode, label_counts, smpl_vector
-from meshrec.shards.sample import SampleTable
+from meshrec.shards.sample import SampleTable, concat
 from meshrec.shards.tarshard import TarShard
 
 REJECTS = "rejects.jsonl"
@@ -406,14 +406,24 @@ def pack(npz: Sequence[str | os.PathLike], images: str | os.PathLike, out: str |
     if out.exists() and not out.is_dir():
         raise MeshrecError(f"--out {out} exists and is not a directory")
     _check_images_root(images)
-    if (cfg.source == moon.KIND) != (moon_source is not None):
-        raise MeshrecError(f"source {cfg.source}: " + ("give the annotations folder, not npz files"
-                                                      if moon_source is None else "takes npz files"))
-    paths = moon_source.files() if moon_source is not None else [os.fspath(p) for p in npz]
+    npz_paths = [os.fspath(p) for p in npz]
+    if cfg.source == moon.KIND and (moon_source is None or npz_paths):
+        raise MeshrecError(f"source {cfg.source}: give the annotations folder, not npz files")
+    if cfg.source != moon.KIND and not npz_paths:
+        raise MeshrecError(f"source {cfg.source} needs npz files")
+    paths = npz_paths + (moon_source.files() if moon_source is not None else [])
     for path in paths:
         if not os.path.isfile(path):
             raise MeshrecError(f"source file {path} does not exist")
-    table = moon_source.load() if moon_source is not None else load_sources(cfg.source, paths)
+    # Moon's JSON may join npz files of another kind (other subjects) in one directory.
+    tables, names = [], []
+    if npz_paths:
+        tables.append(load_sources(cfg.source, npz_paths))
+        names.append(", ".join(npz_paths))
+    if moon_source is not None:
+        tables.append(moon_source.load())
+        names.append(moon_source.annotations)
+    table = tables[0] if len(tables) == 1 else sorted_unique(concat(tables, names))
     sources = [{"file": os.path.basename(p), "path": p, "sha256": sha256_file(p),
                 "bytes": os.path.getsize(p)} for p in paths]
     samples_per_shard = probe_samples_per_shard(table, images, cfg)

@@ -98,13 +98,13 @@ def concat(tables: Sequence[SampleTable], names: Sequence[str]) -> SampleTable:
         if table.params.shape[1] != width:
             raise MeshrecError(f"{labelled[0][1]} and {name} disagree on translation: parameter "
                                f"vectors of {width} and {table.params.shape[1]} entries")
-    first = tables[0]
-    for table, name in zip(tables[1:], names[1:]):
-        if (table.cam_K is None) != (first.cam_K is None):
-            raise MeshrecError(f"{names[0]} and {name} disagree on 'cam_K': one has it, one does not")
+    # Intrinsics are metadata (the crop's json): kept only when every source has them.
+    keep_k = all(t.cam_K is not None for t in tables)
 
     def cat(col: str) -> Optional[np.ndarray]:
         parts = [getattr(t, col) for t in tables]
+        if col == "cam_K" and not keep_k:
+            return None
         if col == "params":
             parts = [p if p.shape[1] == width else np.zeros((len(p), width)) for p in parts]
         elif col in ("j3d", "kp2d") and any(p is not None for p in parts):

@@ -51,9 +51,9 @@ def _cfg(spin: dict[str, Path], out: Path, *extra: str):
         f"eval.subjects=[{','.join(TEST)}]", "eval.protocol=h36m-p2",
         "data.backend=torch", "data.num_threads=1", "data.image_size=56", "data.batch_size=16",
         "model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=false",
-        "model.hidden=256", "model.dropout=0.1", "optim.lr=3e-4",
+        "model.hidden=256", "model.dropout=0.1", "optim.lr=1e-3",
         "loss.w_vert=0", "loss.w_joint3d=1", "loss.w_kp2d=1",
-        "train.epochs=4", "train.log_every=1000", "train.checkpoint_every=0",
+        "train.epochs=8", "train.log_every=1000", "train.checkpoint_every=0",
         "track.enabled=false", "track.overlays=0", f"train.output_dir={out}", *extra])
 
 

@@ -137,6 +137,14 @@ def _no_label(has_smpl: np.ndarray, *joints: np.ndarray | None) -> np.ndarray:
     return problem
 
 
+def _image_paths(entries: dict[str, Any], key: str, path: str) -> tuple[np.ndarray, int]:
+    """The file's image paths (a non-empty 1-D array) and their count."""
+    images = _strings(entries[key], key, path)
+    if images.shape[0] == 0:
+        raise MeshrecError(f"{path}: '{key}' is empty")
+    return images, int(images.shape[0])
+
+
 def load_spin(path: str) -> SampleTable:
     required = ("imgname", "center", "scale")
     entries, skipped = load_npz(path, purpose="a SPIN data file")
@@ -147,10 +155,7 @@ def load_spin(path: str) -> SampleTable:
     if not any(k in entries for k in (*smpl_keys, *joint_keys)):
         raise MeshrecError(f"{path} has neither SMPL parameters (pose, shape) nor joints (S, part): "
                            "nothing to train or evaluate on")
-    images = _strings(entries["imgname"], "imgname", path)
-    n = images.shape[0]
-    if n == 0:
-        raise MeshrecError(f"{path}: 'imgname' is empty")
+    images, n = _image_paths(entries, "imgname", path)
     center = _numeric(entries["center"], "center", path, [(2,)], n)
     scale = _numeric(entries["scale"], "scale", path, [()], n)
     params, has_smpl = _spin_smpl(entries, path, n)
@@ -189,10 +194,7 @@ def load_humandata(path: str) -> SampleTable:
     if "smpl" not in entries and not any(k in entries for k in humandata.KEYS):
         raise MeshrecError(f"{path} has neither SMPL parameters (smpl) nor keypoints "
                            "(keypoints3d, keypoints2d): nothing to train or evaluate on")
-    images = _strings(entries["image_path"], "image_path", path)
-    n = images.shape[0]
-    if n == 0:
-        raise MeshrecError(f"{path}: 'image_path' is empty")
+    images, n = _image_paths(entries, "image_path", path)
     bbox = _numeric(entries["bbox_xywh"], "bbox_xywh", path, [(4,), (5,)], n)
     params, has_smpl = _humandata_smpl(entries, path, n)
     j3d = humandata.keypoints(entries, "keypoints3d", 4, path, n)

@@ -3,8 +3,10 @@ checked against the generator's own camera-frame truth (its default npz files)."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -242,3 +244,17 @@ def test_spin_joints_and_neuralannot_fits_mixed_in_one_pack_train_together(
     metrics = train(cfg)
     assert metrics["steps"] > 0 and metrics["bad_steps"] == 0
     assert np.isfinite(metrics["val_pve_mm"]) and metrics["val_samples"] > 0
+    # Moon's test set: camera 60457274, frame_idx % 64 == 0 (here frame 1 of each action)
+    from meshrec.cli import main
+
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    lines = {}
+    for protocol in ("h36m-moon", "h36m-p2"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["eval", "--checkpoint", ckpt, "--protocol", protocol]) == 0
+        lines[protocol] = buf.getvalue().strip().splitlines()[-1]
+    s9 = json.loads((out / "manifest.json").read_text())["subjects"]["S9"]
+    moon_n = int(re.search(r"samples=(\d+)", lines["h36m-moon"])[1])
+    p2_n = int(re.search(r"samples=(\d+)", lines["h36m-p2"])[1])
+    assert moon_n == len(s9["actions"]) and p2_n == s9["samples"] // 4 > moon_n

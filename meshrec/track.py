@@ -40,6 +40,9 @@ import numpy as np
 log = logging.getLogger("meshrec.track")
 
 DONE_TAG = "meshrec.done"
+# The UI's experiment kind (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT): without it
+# MLflow 3 may infer a GenAI experiment and open on traces.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's limits (mlflow.utils.validation): values longer than these are refused.
 MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
@@ -422,22 +425,31 @@ class Tracker:
             for i in range(0, len(items), _PARAMS_PER_BATCH):
                 client.log_batch(run_id, tags=items[i: i + _PARAMS_PER_BATCH])
         else:
-            experiment = client.get_experiment_by_name(self.experiment)
-            if experiment is None:
-                try:
-                    experiment_id = client.create_experiment(self.experiment)
-                except MlflowException as exc:  # another job created it meanwhile
-                    experiment = client.get_experiment_by_name(self.experiment)
-                    if experiment is None:
-                        raise exc
-                    experiment_id = experiment.experiment_id
-            else:
-                experiment_id = experiment.experiment_id
+            experiment_id = experiment_for(client, self.experiment)
             run = client.create_run(experiment_id, run_name=data["run_name"] or None,
                                     tags=dict(data["tags"]))
             run_id = run.info.run_id
         self.run_id = run_id
         self._run_ready.set()
+
+
+def experiment_for(client: Any, name: str) -> str:
+    """Id of experiment `name`, created if missing (another job may create it at the same time),
+    tagged so that MLflow's UI opens it on model training, not on its GenAI (traces) view."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags=EXPERIMENT_TAGS)
+        except MlflowException as exc:  # another job created it meanwhile
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise exc
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:  # made by an older meshrec, or by hand
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _tags(tags: Mapping[str, str]) -> list:

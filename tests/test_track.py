@@ -253,3 +253,28 @@ def test_server_that_never_answers_does_not_hold_the_run():
             tracker.log_metrics({"loss": 1.0}, step)
         assert tracker.finish() is False
         assert time.monotonic() - began < PROMPT_S
+
+
+def test_experiments_open_on_model_training(mlflow_server):
+    """MLflow 3's UI shows an experiment by its `mlflow.experimentKind` tag; untagged, it may open
+    on the GenAI traces view. New experiments get the tag, existing ones (older meshrec) too."""
+    import uuid
+
+    from meshrec.track import EXPERIMENT_TAGS, experiment_for
+
+    client = MlflowClient(mlflow_server)
+    fresh, old = f"kind-{uuid.uuid4().hex[:8]}", f"kind-{uuid.uuid4().hex[:8]}"
+    made = experiment_for(client, fresh)
+    old_id = client.create_experiment(old)
+    assert "mlflow.experimentKind" not in client.get_experiment(old_id).tags
+    assert experiment_for(client, old) == old_id and experiment_for(client, fresh) == made
+    for eid in (made, old_id):
+        assert client.get_experiment(eid).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert EXPERIMENT_TAGS == {"mlflow.experimentKind": "custom_model_development"}
+    # A run started by the tracker lands in a tagged experiment too.
+    cfg = with_overrides(_cfg(mlflow_server), [f"track.experiment={fresh}-run"])
+    tracker = Tracker(cfg, enabled=True)
+    run_id = tracker.start("kind", to_dict(cfg), _tags(cfg))
+    assert tracker.finish()
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.name == f"{fresh}-run" and exp.tags["mlflow.experimentKind"] == "custom_model_development"

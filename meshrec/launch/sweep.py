@@ -367,9 +367,9 @@ class Tracking:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         try:
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (exp.experiment_id if exp is not None
-                                  else self.client.create_experiment(experiment))
+            from meshrec.track import experiment_for
+
+            self.experiment_id = experiment_for(self.client, experiment)
         except MlflowException as exc:
             raise MeshrecError(f"MLflow at {uri}: {str(exc).splitlines()[0]}") from None
         except Exception as exc:  # connection refused, DNS, ...

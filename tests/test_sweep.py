@@ -339,6 +339,15 @@ def test_cells_are_checked_against_their_labels_before_anything_is_queued(tmp_pa
         sweep_mod.plan(varied)
 
 
+def test_cell_runs_are_named_by_their_grid_values():
+    from meshrec.launch.grid import Cell
+
+    cell = Cell("0123456789ab", {"loss.w_body": 0.1, "loss.w_shape": 0.0, "loss.type": "l1",
+                                 "optim.type": "x"}, None)
+    assert sweep_mod.run_label(cell) == "w_body=0.1 w_shape=0.0 loss.type=l1 optim.type=x"
+    assert sweep_mod.run_label(Cell("0123456789ab", {}, None)) == "0123456789ab"
+
+
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
     p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")
@@ -369,6 +378,9 @@ def test_failed_local_cell_is_resubmitted_into_its_run(mlflow_server, tmp_path, 
     assert again.returncode == 1 and "started cell" in again.stdout
     parents, cells = children(client, name)
     assert len(parents) == 1 and [r.info.run_id for r in cells] == [run_before.info.run_id]
+    # Runs named by what they are: the grid file and date; the cell's grid values.
+    assert re.fullmatch(r"grid \d{4}-\d\d-\d\d \d\d:\d\d", parents[0].info.run_name)
+    assert cells[0].info.run_name == "w_body=0.5"
     assert cells[0].data.tags["meshrec.job_id"] != run_before.data.tags["meshrec.job_id"]
     assert cells[0].data.tags["meshrec.executor"] == "local"
 

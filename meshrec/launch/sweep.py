@@ -394,7 +394,7 @@ class Tracking:
             return found[0].info.run_id
         if not create:
             return None
-        name = f"sweep-{Path(p.sweep.path).stem}-{p.sweep_id[:6]}"
+        name = f"{Path(p.sweep.path).stem} {time.strftime('%Y-%m-%d %H:%M')}"  # grid file, date
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             TAG_SWEEP: p.sweep_id, "meshrec.role": "sweep", "meshrec.grid_file": p.sweep.path,
             "meshrec.cells": str(len(p.cells))})
@@ -419,7 +419,7 @@ class Tracking:
 
         tags = {TAG_PARENT: parent_id, TAG_CELL: cell.name, TAG_SWEEP: p.sweep_id,
                 **{f"grid.{k}": _text(v) for k, v in cell.values.items()}}
-        run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_label(cell), tags=tags)
         params = flatten_params(to_dict(cfg))
         items = list(params.items())
         for i in range(0, len(items), 100):
@@ -652,6 +652,14 @@ def _tag_job(tracking: Tracking, run_id: str, job_id: str, kind: str) -> None:
 
 def _values(cell: Cell) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.values.items())
+
+
+def run_label(cell: Cell) -> str:
+    """A cell's MLflow run name: its grid values, each key by its last part unless two keys share
+    it (`w_body=0.1 w_shape=0.1 type=l1`); the config hash stays in the meshrec.cell tag."""
+    last = [k.rsplit(".", 1)[-1] for k in cell.values]
+    return " ".join(f"{short if last.count(short) == 1 else key}={_text(value)}"
+                    for (key, value), short in zip(cell.values.items(), last)) or cell.name
 
 
 def _run_local(executor: submitit.AutoExecutor, cells: Sequence[Cell], calls: Sequence[CellJob],

@@ -293,7 +293,8 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
     assert run.data.tags["config_hash"] == config_hash(cfg)  # data.shards is not hashed
     for name in ("train_loss", "img_s", "val_pve_mm", "val_baseline_pve_mm"):
         assert name in run.data.metrics, name
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3  # steps 2, 4, 6
+    # log_every=2, but 6 steps give no curve at that rate: every step is logged
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "overlays"} <= names
     (picture,) = client.list_artifacts(run.info.run_id, "overlays")
@@ -349,3 +350,14 @@ def test_repeated_validation_with_pictures_sees_every_sample(cache, tmp_path):
     second, _ = validate(run, overlays=1)
     assert len(pictures) == 1 and pictures[0][1].ndim == 3
     assert first["val_samples"] == second["val_samples"] == 16  # S9: 4 frames × 4 cameras
+
+
+def test_every_run_logs_enough_rows_for_a_curve():
+    from meshrec.train.loop import MIN_CURVE_POINTS, logging_interval
+
+    assert logging_interval(50, 48) == 2            # the demo: 48 steps, 24 rows, not 0
+    assert logging_interval(50, 100_000) == 50      # long runs keep train.log_every
+    assert logging_interval(50, 5) == 1
+    for total in (1, 19, 20, 48, 999, 1000, 5000):
+        every = logging_interval(50, total)
+        assert total // every >= min(total, MIN_CURVE_POINTS) and every <= 50

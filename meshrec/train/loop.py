@@ -469,6 +469,15 @@ def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: li
 
 # ------------------------------------------------------------------ the whole run
 
+MIN_CURVE_POINTS = 20
+
+
+def logging_interval(log_every: int, total_steps: int) -> int:
+    """Steps between metric rows: train.log_every, or less in a run too short to draw a curve
+    with it (at least MIN_CURVE_POINTS rows per run)."""
+    return max(1, min(log_every, total_steps // MIN_CURVE_POINTS))
+
+
 def train(cfg: Config, *, stop_after: Optional[int] = None,
           run_id: Optional[str] = None) -> dict[str, float]:
     """Train `cfg` into `train.output_dir`; returns the final metrics (rank 0; {} elsewhere).
@@ -525,6 +534,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
         say(run, f"inputs: cached encoder features from {run.loader.root}")
 
     total_steps = cfg.train.epochs * run.steps_per_epoch
+    log_every = logging_interval(cfg.train.log_every, total_steps)
     bar = progress_bar(run, run.step, total_steps)
     run.core.train()
     metrics: dict[str, float] = {}
@@ -539,7 +549,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
                 bar.update(1)
                 if terms:
                     bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
-            if run.step % cfg.train.log_every == 0:
+            if run.step % log_every == 0:
                 elapsed = time.perf_counter() - window_t
                 img_s = window_steps * cfg.data.batch_size / max(elapsed, 1e-9)
                 window_t, window_steps = time.perf_counter(), 0

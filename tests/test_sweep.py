@@ -201,6 +201,8 @@ def test_two_cell_sweep_runs_ddp_cells_tracks_them_and_is_not_resubmitted(
 
     parents, cells = children(client, name)
     assert len(parents) == 1 and len(cells) == 2
+    # No sweep process waited for the array: the last cell to finish closed the sweep run.
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["cells_finished"] == 2
     expected = {c.name for c in load_sweep(grid, args).cells}
     assert {r.data.tags["meshrec.cell"] for r in cells} == expected
     for run in cells:

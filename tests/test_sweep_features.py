@@ -188,6 +188,10 @@ def test_local_sweep_builds_the_cache_once_and_a_later_sweep_reuses_it(mlflow_se
     exp = client.get_experiment_by_name(name)
     parent = finished_cached_cells(client, name, 2)
     assert parent.data.tags["meshrec.feature_job"]
+    # The last cell to finish closed the sweep run, with what it found.
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["cells_finished"] == 2
+    assert parent.data.metrics["best_val_pve_mm"] > 0 and parent.data.tags["meshrec.best_cell"]
     cfg = with_overrides(next(iter(job_configs(grid, args[:-1], local=True).values())),
                          ["features.enabled=true"])
     assert features.check(cfg) is None  # complete, matching the cells' configs

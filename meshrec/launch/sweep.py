@@ -58,6 +58,8 @@ from meshrec.errors import MeshrecError
 from meshrec.launch import feature_job
 from meshrec.launch.grid import Cell, Sweep, describe, load_sweep
 
+log = logging.getLogger("meshrec.sweep")
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_FILE = REPO / "configs" / "demo.yaml"
 DEMO_CELLS = 4
@@ -273,7 +275,15 @@ class CellJob(submitit.helpers.Checkpointable):
         from meshrec.config import from_dict
         from meshrec.train.loop import train
 
-        return train(from_dict(self.config, "sweep cell"), run_id=self.run_id)
+        cfg = from_dict(self.config, "sweep cell")
+        metrics = train(cfg, run_id=self.run_id)
+        if metrics and self.run_id:  # rank 0, at the real end: the last cell closes the sweep
+            try:
+                close_parent_if_done(Tracking(cfg.track.uri, cfg.track.experiment), self.run_id,
+                                     protocols.selection_metric(cfg.eval.protocol))
+            except Exception as exc:  # never fatal: the sweep's --report closes it too
+                log.warning("could not close the sweep's MLflow run: %s", exc)
+        return metrics
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Runs in the signal handler: no saving here. The loop saves every
@@ -449,6 +459,38 @@ def _done(run: Any) -> bool:
     return run.data.tags.get(TAG_DONE) == "true"
 
 
+def close_parent_if_done(tracking: "Tracking", child_id: str, metric: str) -> bool:
+    """End the sweep run of cell run `child_id` FINISHED, with summary metrics (cells finished,
+    the best metric) and the best cell's tag, once every cell of it is done; True if it is.
+
+    On SLURM no sweep process outlives the cells: each cell calls this at its end, after its own
+    done tag, so the last one to finish sees every cell done."""
+    parent_id = tracking.client.get_run(child_id).data.tags.get(TAG_PARENT)
+    if not parent_id:
+        return False
+    parent = tracking.client.get_run(parent_id)
+    expected = int(parent.data.tags.get("meshrec.cells", "0") or 0)
+    done = {r.data.tags.get(TAG_CELL): r for r in tracking._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")
+            if _done(r)}
+    if not expected or len(done) < expected:
+        return False
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    best = {name: tracking.best(r.info.run_id, metric) for name, r in done.items()}
+    finite = {name: v for name, v in best.items() if math.isfinite(v)}
+    metrics = [Metric("cells_finished", float(len(done)), now, 0)]
+    tags = []
+    if finite:
+        name = min(finite, key=finite.get)
+        metrics.append(Metric(f"best_{metric}", finite[name], now, 0))
+        tags.append(RunTag(TAG_BEST, name))
+    tracking.client.log_batch(parent_id, metrics=metrics, tags=tags)
+    if parent.info.status != "FINISHED":
+        tracking.client.set_terminated(parent_id, "FINISHED")
+    return True
+
+
 # ------------------------------------------------------------------ cell states
 
 def _slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
@@ -582,6 +624,9 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
             result["failed"] = [c.name for c in todo]
     else:
         out("nothing to submit: every cell is finished or in flight")
+        finished = [runs[c.name] for c in p.cells if states.get(c.name) == "finished"]
+        if finished and close_parent_if_done(tracking, finished[0].info.run_id, p.metric):
+            out(f"every cell is finished: sweep run {parent} closed")
     if p.executor == "local" and todo:
         for line in table(p, _rows(p, tracking)):
             out(line)
@@ -832,6 +877,9 @@ def report(p: Plan, out=print) -> Optional[Row]:
         for key in keys:
             plot(p, table_rows, key, folder / f"{p.metric}_vs_{key}.png")
         tracking.client.log_artifacts(parent, str(folder), "report")
+    finished = [r for r in table_rows if r.state == "finished" and r.run_id]
+    if finished:  # a sweep whose cells ended before they closed it (older meshrec)
+        close_parent_if_done(tracking, finished[0].run_id, p.metric)
     if best is not None:
         tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
         tracking.client.log_metric(parent, f"best_{p.metric}", best.best)

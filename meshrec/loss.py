@@ -101,10 +101,10 @@ def _mesh(body: BodyModel, params: Tensor, rotmat: Tensor | None, camera: bool
 def _weighted(pred: Tensor, true: Tensor, conf: Tensor, kind: str) -> Tensor:
     """Confidence-weighted mean distance over joints: pred/true [..., J, k], conf [..., J];
     pred may carry a leading iterations axis that `true` and `conf` broadcast over."""
-    diff = pred - true
-    per = (diff * diff) if kind == "l2" else diff.abs()
     if kind not in ("l1", "l2"):
         raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
+    diff = pred - true
+    per = (diff * diff) if kind == "l2" else diff.abs()
     conf = conf.expand(per.shape[:-1])
     total = conf.sum() * per.shape[-1]
     return (per.sum(-1) * conf).sum() / total.clamp_min(1e-12)
@@ -156,41 +156,41 @@ def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config,
     any_labelled = bool(labelled.any()) if smpl_terms else False
     lab = labelled.nonzero().squeeze(1) if any_labelled else None
 
-    if w.w_vert > 0 or w.w_joint > 0 or joint_terms:
+    smpl_mesh = any_labelled and (w.w_vert > 0 or w.w_joint > 0)
+    if joint_terms or smpl_mesh:
         # Every sample's mesh when joint terms need it, else only the labelled ones'.
         rows = None if joint_terms else lab
-        if rows is not None or joint_terms:
-            pp = p if rows is None else p[:, rows]
-            rr = None if r is None else (r if rows is None else r[:, rows])
-            m = pp.shape[1]
-            flat_r = None if rr is None else rr.flatten(0, 1)
-            pred_v, pred_j = _mesh(body, pp.flatten(0, 1), flat_r, camera)
-            pred_v = pred_v.unflatten(0, (n, m))
-            pred_j = pred_j.unflatten(0, (n, m))
-            if any_labelled and (w.w_vert > 0 or w.w_joint > 0):
-                with torch.no_grad():
-                    true_v, true_j = _mesh(body, true[lab], None, camera)
-                sel_v = pred_v if rows is not None else pred_v[:, lab]
-                sel_j = pred_j if rows is not None else pred_j[:, lab]
-                if w.w_vert > 0:
-                    add("vert", w.w_vert, distance(sel_v, true_v, w.type))
-                if w.w_joint > 0:
-                    add("joint", w.w_joint, distance(sel_j, true_j, w.type))
-            if joint_terms:
-                # Root-relative vertices (no translation) → the 17 regressed joints.
-                rel = pred_v - pred_j[..., :1, :] if camera else pred_v
-                j17 = torch.einsum("jv,nbvc->nbjc", regressor.to(rel), rel)
-                if w.w_joint3d > 0:
-                    j3d = batch["j3d"].to(device=device, dtype=torch.float32)
-                    centred = j17 - j17[..., :1, :]
-                    add("joint3d", w.w_joint3d,
-                        _weighted(centred, j3d[..., :3] - j3d[:, :1, :3], j3d[..., 3], w.type))
-                if w.w_kp2d > 0:
-                    kp = batch["kp2d"].to(device=device, dtype=torch.float32)
-                    uv = project(j17, torch.stack(cams).float())
-                    add("kp2d", w.w_kp2d, _weighted(
-                        uv, normalized_keypoints(kp[..., :2], cfg.data.image_size), kp[..., 2],
-                        w.type))
+        pp = p if rows is None else p[:, rows]
+        rr = None if r is None else (r if rows is None else r[:, rows])
+        m = pp.shape[1]
+        flat_r = None if rr is None else rr.flatten(0, 1)
+        pred_v, pred_j = _mesh(body, pp.flatten(0, 1), flat_r, camera)
+        pred_v = pred_v.unflatten(0, (n, m))
+        pred_j = pred_j.unflatten(0, (n, m))
+        if smpl_mesh:
+            with torch.no_grad():
+                true_v, true_j = _mesh(body, true[lab], None, camera)
+            sel_v = pred_v if rows is not None else pred_v[:, lab]
+            sel_j = pred_j if rows is not None else pred_j[:, lab]
+            if w.w_vert > 0:
+                add("vert", w.w_vert, distance(sel_v, true_v, w.type))
+            if w.w_joint > 0:
+                add("joint", w.w_joint, distance(sel_j, true_j, w.type))
+        if joint_terms:
+            # Root-relative vertices (no translation) → the 17 regressed joints.
+            rel = pred_v - pred_j[..., :1, :] if camera else pred_v
+            j17 = torch.einsum("jv,nbvc->nbjc", regressor.to(rel), rel)
+            if w.w_joint3d > 0:
+                j3d = batch["j3d"].to(device=device, dtype=torch.float32)
+                centred = j17 - j17[..., :1, :]
+                add("joint3d", w.w_joint3d,
+                    _weighted(centred, j3d[..., :3] - j3d[:, :1, :3], j3d[..., 3], w.type))
+            if w.w_kp2d > 0:
+                kp = batch["kp2d"].to(device=device, dtype=torch.float32)
+                uv = project(j17, torch.stack(cams).float())
+                add("kp2d", w.w_kp2d, _weighted(
+                    uv, normalized_keypoints(kp[..., :2], cfg.data.image_size), kp[..., 2],
+                    w.type))
     for name in ("vert", "joint"):
         if getattr(w, f"w_{name}") > 0 and name not in terms:
             add(name, getattr(w, f"w_{name}"), zero)

@@ -29,11 +29,9 @@ def as_float64(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-_f64 = as_float64
-
 
 def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _f64(pred), _f64(true)
+    p, t = as_float64(pred), as_float64(true)
     if p.shape != t.shape or p.ndim != 3 or p.shape[-1] != 3:
         raise ValueError(f"expected two [B, N, 3] arrays of equal shape; got {p.shape}, {t.shape}")
     return p, t
@@ -52,9 +50,9 @@ def pve_mm_per_sample(pred_v: Any, true_v: Any, pred_root: Any = None,
                       true_root: Any = None) -> np.ndarray:
     p, t = _pair(pred_v, true_v)
     if pred_root is not None:
-        p = p - _f64(pred_root).reshape(p.shape[0], 1, 3)
+        p = p - as_float64(pred_root).reshape(p.shape[0], 1, 3)
     if true_root is not None:
-        t = t - _f64(true_root).reshape(t.shape[0], 1, 3)
+        t = t - as_float64(true_root).reshape(t.shape[0], 1, 3)
     return np.linalg.norm(p - t, axis=-1).mean(axis=1) * MM
 
 

@@ -34,6 +34,11 @@ def is_h36m(protocol: str) -> bool:
     return protocol.startswith("h36m-")
 
 
+def label_of(protocol: str) -> str:
+    """The shard label a protocol scores against: mocap joints (h36m-*) or SMPL parameters."""
+    return "j3d" if is_h36m(protocol) else "smpl"
+
+
 def metric_names(protocol: str) -> tuple[str, ...]:
     return H36M_NAMES if is_h36m(protocol) else SMPL_NAMES
 

@@ -82,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from meshrec.data import build_loader
     from meshrec.data.demo import with_shards
-    from meshrec.train import evaluate
+    from meshrec.train import evaluate, preflight
 
     overrides = list(args.overrides)
     if args.subjects:
@@ -96,7 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = with_shards(t.cfg)
     protocol = cfg.eval.protocol
     joints = evaluate.body_joints(cfg.body, t.body.num_vertices)
-    _check_eval_labels(cfg)
+    preflight.check_test(cfg)
     loader = build_loader(cfg, "test", 0, 1, t.device)
     rec = evaluate.evaluate(t.model, loader, t.body, joints, t.mean_params, t.amp, t.device,
                             protocol=protocol)
@@ -119,18 +119,6 @@ def _eval(args: argparse.Namespace) -> int:
         f"{n}={b[n]:.6f}" if n == "mse" else f"{n}={b[n]:.2f}" for n in rec.names))
     print(evaluate.final_line(rec))
     return 0
-
-
-def _check_eval_labels(cfg) -> None:
-    """The test shards hold what the protocol scores (one line, before any model runs)."""
-    from meshrec import protocols
-    from meshrec.data.shardset import split_labels
-
-    label, what = (("j3d", "3D mocap joints") if protocols.is_h36m(cfg.eval.protocol)
-                   else ("smpl", "SMPL labels"))
-    if not split_labels(cfg, "test").get(label, 0):
-        raise MeshrecError(f"protocol {cfg.eval.protocol} needs {what}; the shards of "
-                           f"{', '.join(cfg.eval.subjects)} in {cfg.data.shards} hold none")
 
 
 # ------------------------------------------------------------------ predict

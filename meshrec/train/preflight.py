@@ -32,7 +32,7 @@ def problems(cfg: Config, train: Mapping[str, int], val: Mapping[str, int] | Non
             out.append(f"loss.{weight} is {getattr(loss, weight):g} but the training shards "
                        f"({subjects}) hold no {WHAT[label]}; set it to 0 or pack data that has them")
     protocol = cfg.eval.protocol
-    label = "j3d" if protocols.is_h36m(protocol) else "smpl"
+    label = protocols.label_of(protocol)
     if val is not None and cfg.data.val_subjects and not val.get(label, 0):
         out.append(f"eval.protocol {protocol} needs {WHAT[label]} in the validation shards "
                    f"({', '.join(cfg.data.val_subjects)}), which hold none; "
@@ -43,6 +43,16 @@ def problems(cfg: Config, train: Mapping[str, int], val: Mapping[str, int] | Non
         out.append(f"{what} needs Human3.6M's joint regressor: set body.h36m_regressor to "
                    f"J_regressor_h36m.npy (17 × the body's vertices)")
     return out
+
+
+def check_test(cfg: Config) -> None:
+    """The test shards (eval.subjects) hold what eval.protocol scores, else one MeshrecError line."""
+    from meshrec.data.shardset import split_labels
+
+    label = protocols.label_of(cfg.eval.protocol)
+    if not split_labels(cfg, "test").get(label, 0):
+        raise MeshrecError(f"protocol {cfg.eval.protocol} needs {WHAT[label]}; the shards of "
+                           f"{', '.join(cfg.eval.subjects)} in {cfg.data.shards} hold none")
 
 
 def check(cfg: Config, has_regressor: bool | None = None) -> None:

@@ -40,6 +40,9 @@ import numpy as np
 log = logging.getLogger("meshrec.track")
 
 DONE_TAG = "meshrec.done"
+# Time apart from the run's MLflow duration, which counts from submission for a sweep's cells:
+QUEUED_METRIC = "time_queued_s"      # submission to the first start of training
+TRAINING_METRIC = "time_training_s"  # wall time in the training loop, over every job of the run
 # The UI's experiment kind (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT): without it
 # MLflow 3 may infer a GenAI experiment and open on traces.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -410,9 +413,12 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri or None)
         client = self._client
         run_id = data["run_id"]
+        queued_since = None
         if run_id:
             try:
-                client.get_run(run_id)
+                made = client.get_run(run_id).info
+                if made.status == "SCHEDULED":  # made at submission, first start: it waited
+                    queued_since = made.start_time
             except MlflowException as exc:
                 if exc.error_code not in _PERMANENT:
                     raise
@@ -421,6 +427,13 @@ class Tracker:
                 run_id = None
         if run_id:
             client.update_run(run_id, status="RUNNING")
+            if queued_since is not None:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                client.log_batch(run_id, metrics=[Metric(QUEUED_METRIC,
+                                                         max(0.0, (now - queued_since) / 1000),
+                                                         now, 0)])
             items = _tags(data["tags"])
             for i in range(0, len(items), _PARAMS_PER_BATCH):
                 client.log_batch(run_id, tags=items[i: i + _PARAMS_PER_BATCH])

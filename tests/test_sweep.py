@@ -374,7 +374,12 @@ def test_failed_local_cell_is_resubmitted_into_its_run(mlflow_server, tmp_path, 
     status = cli(grid, [*args, "--local", "--status"], tmp_path)
     assert " failed " in status.stdout
     client = MlflowClient(mlflow_server)
-    (run_before,) = children(client, name)[1]
+    (parent,), (run_before,) = children(client, name)
+    # The only cell failed for good: the sweep run ends FAILED, and says why the cell did.
+    assert parent.info.status == "FAILED", parent.info.status
+    assert parent.data.metrics["cells_failed"] == 1 and parent.data.metrics["cells_finished"] == 0
+    assert run_before.info.status == "FAILED"
+    assert "mean" in run_before.data.tags["meshrec.failed"]
 
     again = cli(grid, [*args, "--local"], tmp_path)
     assert again.returncode == 1 and "started cell" in again.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -282,23 +283,43 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
     from meshrec.config import config_hash
     from meshrec.train.loop import train
 
+    from meshrec.track import experiment_for
+
     cfg = tiny(cache, tmp_path, "track.enabled=true", f"track.uri={mlflow_server}",
-               "track.experiment=test-train", "train.log_every=2")
-    train(cfg)
+               "track.experiment=test-train", "train.log_every=2", "train.epochs=2",
+               "data.train_subjects=[S1,S5]")
     client = MlflowClient(mlflow_server)
+    # Made beforehand and left waiting, as a sweep makes its cells' runs at submission.
+    made = client.create_run(experiment_for(client, "test-train"))
+    client.update_run(made.info.run_id, status="SCHEDULED")
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    train(cfg, run_id=made.info.run_id)
+    took = time.monotonic() - t0
     exp = client.get_experiment_by_name("test-train")
     (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_id == made.info.run_id
+    history = lambda key: client.get_metric_history(run.info.run_id, key)  # noqa: E731
+    # Time queued and time training apart: the wait is not counted as training.
+    (queued,) = history("time_queued_s")
+    assert 1.5 <= queued.value < 1.5 + took
+    training = [m.value for m in sorted(history("time_training_s"), key=lambda m: m.step)]
+    assert training == sorted(training) and 0 < training[-1] < took
+    # Validation once per epoch on the epoch axis; train rows carry the epoch too.
+    assert [m.step for m in history("val_pve_mm")] == [1, 2]
+    assert max(m.value for m in history("epoch")) == 2.0
     assert run.data.params["model.encoder"] == "resnet18"
     assert run.data.tags["body_model"] == "standin"
     assert run.data.tags["config_hash"] == config_hash(cfg)  # data.shards is not hashed
     for name in ("train_loss", "img_s", "val_pve_mm", "val_baseline_pve_mm"):
         assert name in run.data.metrics, name
-    # log_every=2, but 6 steps give no curve at that rate: every step is logged
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
+    # log_every=2, but 8 steps give no curve at that rate: every step is logged
+    assert [m.step for m in history("train_loss")] == list(range(1, 9))
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "overlays"} <= names
-    (picture,) = client.list_artifacts(run.info.run_id, "overlays")
-    assert picture.path.endswith(".png") and picture.file_size > 0
+    pictures = client.list_artifacts(run.info.run_id, "overlays")
+    assert len(pictures) == 2 and all(p.path.endswith(".png") and p.file_size > 0
+                                      for p in pictures)
     for tag in ("git_sha", "manifest_sha256", "world_size", "device"):
         assert run.data.tags[tag], tag
     assert run.data.tags["meshrec.done"] == "true"

@@ -70,6 +70,7 @@ TAG_JOB = "meshrec.job_id"
 TAG_EXECUTOR = "meshrec.executor"
 TAG_DONE = "meshrec.done"       # set by the training loop (meshrec.track.DONE_TAG) at the real end
 TAG_BEST = "meshrec.best_cell"
+TAG_FAILED = "meshrec.failed"   # on a cell's run whose job raised: the error's first line
 TAG_PARENT = "mlflow.parentRunId"
 TAG_FEATURE_JOB = "meshrec.feature_job"   # on the parent: the sweep's last feature job
 FEATURE_JOB_SUFFIX = "-features"          # job name of the feature job: launch.job_name + this
@@ -276,19 +277,37 @@ class CellJob(submitit.helpers.Checkpointable):
         from meshrec.train.loop import train
 
         cfg = from_dict(self.config, "sweep cell")
-        metrics = train(cfg, run_id=self.run_id)
+        try:
+            metrics = train(cfg, run_id=self.run_id)
+        except Exception as exc:  # failed for good (a requeue is a SystemExit, not this)
+            if self.run_id and _rank() == 0:
+                self._close(cfg, failure=_first_line(exc))
+            raise
         if metrics and self.run_id:  # rank 0, at the real end: the last cell closes the sweep
-            try:
-                close_parent_if_done(Tracking(cfg.track.uri, cfg.track.experiment), self.run_id,
-                                     protocols.selection_metric(cfg.eval.protocol))
-            except Exception as exc:  # never fatal: the sweep's --report closes it too
-                log.warning("could not close the sweep's MLflow run: %s", exc)
+            self._close(cfg)
         return metrics
+
+    def _close(self, cfg: Config, failure: str = "") -> None:
+        try:
+            tracking = Tracking(cfg.track.uri, cfg.track.experiment)
+            if failure:
+                tracking.mark_failed(self.run_id, failure)
+            close_parent_if_done(tracking, self.run_id,
+                                 protocols.selection_metric(cfg.eval.protocol))
+        except Exception as exc:  # never fatal: the sweep's --report closes it too
+            log.warning("could not close the sweep's MLflow run: %s", exc)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Runs in the signal handler: no saving here. The loop saves every
         # train.checkpoint_every steps and resumes from the run directory on restart.
         return submitit.helpers.DelayedSubmission(CellJob(self.config, self.run_id))
+
+
+def _rank() -> int:
+    try:
+        return submitit.JobEnvironment().global_rank
+    except RuntimeError:  # called outside a submitit job
+        return 0
 
 
 def executor_parameters(cfg: Config, executor: str) -> dict[str, Any]:
@@ -437,6 +456,18 @@ class Tracking:
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
 
+    def mark_failed(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, TAG_FAILED, reason[:500] or "failed")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def reopen(self, parent_id: str, run_ids: Iterable[str]) -> None:
+        """Cells submitted again: their failure marks go, and the sweep runs again."""
+        for run_id in run_ids:
+            if TAG_FAILED in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, TAG_FAILED)
+        if self.client.get_run(parent_id).info.status != "RUNNING":
+            self.client.update_run(parent_id, status="RUNNING")
+
     def best(self, run_id: str, metric: str) -> float:
         values = [m.value for m in self.client.get_metric_history(run_id, metric)
                   if math.isfinite(m.value)]
@@ -459,35 +490,51 @@ def _done(run: Any) -> bool:
     return run.data.tags.get(TAG_DONE) == "true"
 
 
-def close_parent_if_done(tracking: "Tracking", child_id: str, metric: str) -> bool:
-    """End the sweep run of cell run `child_id` FINISHED, with summary metrics (cells finished,
-    the best metric) and the best cell's tag, once every cell of it is done; True if it is.
+def _failed(run: Any) -> bool:
+    return TAG_FAILED in run.data.tags and not _done(run)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def close_parent_if_done(tracking: "Tracking", child_id: str, metric: str,
+                         failed: Iterable[str] = ()) -> bool:
+    """End the sweep run of cell run `child_id` once every cell of it has ended: FINISHED when
+    all finished, FAILED when one failed for good (its job raised, or `failed` names it: cell
+    names the scheduler reports failed), with summary metrics (cells finished and failed, the
+    best metric) and the best cell's tag. True if it ended.
 
     On SLURM no sweep process outlives the cells: each cell calls this at its end, after its own
-    done tag, so the last one to finish sees every cell done."""
+    done or failed mark, so the last one to end sees every cell ended."""
     parent_id = tracking.client.get_run(child_id).data.tags.get(TAG_PARENT)
     if not parent_id:
         return False
     parent = tracking.client.get_run(parent_id)
     expected = int(parent.data.tags.get("meshrec.cells", "0") or 0)
-    done = {r.data.tags.get(TAG_CELL): r for r in tracking._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")
-            if _done(r)}
-    if not expected or len(done) < expected:
+    runs = {r.data.tags.get(TAG_CELL): r
+            for r in tracking._search(f"tags.`{TAG_PARENT}` = '{parent_id}'")}
+    done = {name: r for name, r in runs.items() if _done(r)}
+    bad = {name for name, r in runs.items() if _failed(r) or (name in failed and not _done(r))}
+    if not expected or len(done) + len(bad) < expected:
         return False
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     best = {name: tracking.best(r.info.run_id, metric) for name, r in done.items()}
     finite = {name: v for name, v in best.items() if math.isfinite(v)}
-    metrics = [Metric("cells_finished", float(len(done)), now, 0)]
+    metrics = [Metric("cells_finished", float(len(done)), now, 0),
+               Metric("cells_failed", float(len(bad)), now, 0)]
     tags = []
     if finite:
         name = min(finite, key=finite.get)
         metrics.append(Metric(f"best_{metric}", finite[name], now, 0))
         tags.append(RunTag(TAG_BEST, name))
     tracking.client.log_batch(parent_id, metrics=metrics, tags=tags)
-    if parent.info.status != "FINISHED":
-        tracking.client.set_terminated(parent_id, "FINISHED")
+    status = "FAILED" if bad else "FINISHED"
+    if parent.info.status != status:
+        tracking.client.set_terminated(parent_id, status)
     return True
 
 
@@ -543,6 +590,9 @@ def cell_states(runs: Mapping[str, Any], cells: Sequence[Cell]) -> dict[str, str
         if _done(run):
             states[cell.name] = "finished"
             continue
+        if _failed(run):
+            states[cell.name] = "failed"
+            continue
         job, kind = run.data.tags.get(TAG_JOB, ""), run.data.tags.get(TAG_EXECUTOR, "")
         if not job:
             states[cell.name] = "missing"   # made, never submitted (the launcher stopped)
@@ -590,6 +640,7 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         run_ids = {c.name: (runs[c.name].info.run_id if c.name in runs
                             else tracking.create_child(parent, p, c, configs[c.name]))
                    for c in todo}
+        tracking.reopen(parent, [runs[c.name].info.run_id for c in todo if c.name in runs])
         calls = [CellJob(to_dict(configs[c.name]), run_ids[c.name]) for c in todo]
         folder = log_folder(p)
         executor = make_executor(p, folder)
@@ -620,6 +671,9 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
             result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
                                           p.cfg.launch.slurm.array_parallelism, folder, p.metric,
                                           out)
+            # A cell killed before its job could say so still counts as failed.
+            close_parent_if_done(tracking, next(iter(run_ids.values())), p.metric,
+                                 result["failed"])
         else:
             result["failed"] = [c.name for c in todo]
     else:
@@ -877,9 +931,10 @@ def report(p: Plan, out=print) -> Optional[Row]:
         for key in keys:
             plot(p, table_rows, key, folder / f"{p.metric}_vs_{key}.png")
         tracking.client.log_artifacts(parent, str(folder), "report")
-    finished = [r for r in table_rows if r.state == "finished" and r.run_id]
-    if finished:  # a sweep whose cells ended before they closed it (older meshrec)
-        close_parent_if_done(tracking, finished[0].run_id, p.metric)
+    ended = [r for r in table_rows if r.state in ("finished", "failed") and r.run_id]
+    if ended:  # cells the scheduler killed before they could close the sweep run
+        close_parent_if_done(tracking, ended[0].run_id, p.metric,
+                             [r.cell.name for r in ended if r.state == "failed"])
     if best is not None:
         tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
         tracking.client.log_metric(parent, f"best_{p.metric}", best.best)

@@ -41,6 +41,7 @@ from torch import nn
 from meshrec.config import Config, config_hash, dump_yaml, from_dict, to_dict
 from meshrec.data.batch import model_input
 from meshrec.errors import MeshrecError
+from meshrec.track import TRAINING_METRIC
 
 log = logging.getLogger("meshrec.train")
 
@@ -111,6 +112,8 @@ class Run:
     tracker: Any = None
     val_loaders: dict = field(default_factory=dict)
     encoder_sha256: str = ""       # of a frozen encoder's weights (not stored in checkpoints)
+    trained_s: float = 0.0         # training-loop wall time of earlier jobs of this run
+    started: float = 0.0           # perf_counter when this job's training loop began
 
 
 def git_sha() -> str:
@@ -226,7 +229,7 @@ def checkpoint_state(run: Run) -> dict:
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
             "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
-            "config": to_dict(run.cfg), "config_hash": run.chash,
+            "trained_s": training_seconds(run), "config": to_dict(run.cfg), "config_hash": run.chash,
             "manifest_sha256": run.manifest_sha256, "mean_params": run.mean_params.tolist(),
             "mlflow_run_id": (run.tracker.run_id if run.tracker else None) or run.run_id or ""}
 
@@ -266,7 +269,13 @@ def restore(run: Run, state: dict) -> None:
     run.step, run.bad_in_row, run.bad_total = (int(state["step"]), int(state["bad_in_row"]),
                                                int(state["bad_total"]))
     run.run_id = state.get("mlflow_run_id") or None
+    run.trained_s = float(state.get("trained_s", 0.0))  # absent before it was kept
     restore_rng(state["rng"])
+
+
+def training_seconds(run: Run) -> float:
+    """Wall time in the training loop over every job of this run so far."""
+    return run.trained_s + (time.perf_counter() - run.started if run.started else 0.0)
 
 
 def init_from(run: Run, path: str) -> None:
@@ -454,7 +463,8 @@ def start_tracking(run: Run) -> None:
 def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: list) -> None:
     if not run.env.is_main:
         return
-    run.tracker.log_metrics({**metrics, "epoch": float(epoch)}, run.step)
+    # On the epoch axis (step = epochs done): one point per validation whatever the run's length.
+    run.tracker.log_metrics(metrics, epoch + 1)
     for key, picture in pictures:
         run.tracker.log_image(picture, f"overlays/epoch{epoch:03d}_{key}.png")
     from meshrec import protocols
@@ -539,6 +549,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
     run.core.train()
     metrics: dict[str, float] = {}
     window_t, window_steps = time.perf_counter(), 0
+    run.started = window_t
     stopped = False
     saved_at = run.step
     for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
@@ -558,7 +569,9 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
                              for k, v in terms.items()}
                 row = {f"train_{k}": v for k, v in (terms or {}).items()}
                 row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
-                            "bad_steps": float(run.bad_total)})
+                            "bad_steps": float(run.bad_total),
+                            "epoch": run.step / run.steps_per_epoch,
+                            TRAINING_METRIC: training_seconds(run)})
                 if env.device.type == "cuda":
                     row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                 if env.is_main:
@@ -595,6 +608,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
         path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         if not stopped:
             run.tracker.log_artifact(path)
+        run.tracker.log_metrics({TRAINING_METRIC: training_seconds(run)}, run.step)
         # A stopped run is continued by the next job (same MLflow run); only a real end is done.
         run.tracker.finish("FINISHED" if not stopped else "KILLED", done=not stopped)
     return metrics if env.is_main else {}

@@ -203,14 +203,21 @@ def _readable(path: Path, what: str) -> None:
         raise MeshrecError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def preflight(cfg: Config, progress: bool = False) -> str:
+def preflight(cfg: Config, progress: bool = False, out=print) -> str:
     """Check from here that a cell's inputs are readable; return its shard directory (the
     generated stand-in data is built now when `data.shards` is '')."""
     from meshrec.body.load import resolve_model_path
     from meshrec.body.model_file import load_arrays
-    from meshrec.data.demo import ensure_shards
+    from meshrec.data.demo import demo_subjects, ensure_shards, existing_shards
     from meshrec.shards import manifest as shard_manifest
 
+    making = not cfg.data.shards and existing_shards(cfg) is None
+    if making:  # minutes on a CPU: say so, a log file gets no progress bar
+        s = cfg.data.synth
+        out(f"making generated data first: {len(demo_subjects(cfg))} subjects × "
+            f"{s.frames_per_subject} frames × 4 "
+            f"cameras at {s.size} px under {cfg.body.cache_dir} (once; later runs reuse it)")
+    started = time.monotonic()
     body_path = resolve_model_path(cfg.body)  # builds the stand-in when model_path is ''
     load_arrays(body_path)
     for value, what in ((cfg.body.h36m_regressor, "body.h36m_regressor"),
@@ -221,6 +228,8 @@ def preflight(cfg: Config, progress: bool = False) -> str:
     if cfg.model.weights not in ("imagenet", "none"):
         _readable(Path(cfg.model.weights).expanduser(), "model.weights")
     shards = ensure_shards(cfg, progress)
+    if making:
+        out(f"generated data ready in {time.monotonic() - started:.0f} s: {shards}")
     manifest = shard_manifest.load(shards)
     known = manifest.get("subjects", {})
     for field, subjects in (("data.train_subjects", cfg.data.train_subjects),
@@ -236,7 +245,7 @@ def preflight(cfg: Config, progress: bool = False) -> str:
     return str(shards)
 
 
-def preflight_all(p: Plan, progress: bool = False) -> dict[str, str]:
+def preflight_all(p: Plan, progress: bool = False, out=print) -> dict[str, str]:
     """Cell name → shard directory, every cell checked (cells sharing inputs are checked once)."""
     seen: dict[str, str] = {}
     out: dict[str, str] = {}
@@ -246,7 +255,7 @@ def preflight_all(p: Plan, progress: bool = False) -> dict[str, str]:
                           c.data.train_subjects, c.data.val_subjects, c.eval.subjects,
                           c.model.weights, c.model.mean_params, c.train.init_from])
         if key not in seen:
-            seen[key] = preflight(c, progress)
+            seen[key] = preflight(c, progress, out)
         out[cell.name] = seen[key]
         # What the cell's weights and protocol ask of the shards (a manifest read per cell).
         preflight_labels(replace(c, data=replace(c.data, shards=seen[key])))
@@ -615,7 +624,7 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
     """
     if p.notice:
         out(f"notice: {p.notice}")
-    shards = preflight_all(p, progress)
+    shards = preflight_all(p, progress, out)
     configs = {c.name: job_config(p, c, shards[c.name]) for c in p.cells}
     keys = _share_keys(p, configs)
     # Over every cell first: a cell that needs a cache nobody builds stops us before MLflow.

@@ -233,7 +233,8 @@ def test_two_cell_sweep_runs_ddp_cells_tracks_them_and_is_not_resubmitted(
     parent = client.get_run(parents[0].info.run_id)
     assert parent.data.tags["meshrec.best_cell"] == best
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/cells.csv", "report/val_pve_mm_vs_loss.w_body.png"} <= logged
+    assert {"report/cells.csv", "report/val_pve_mm_vs_loss.w_body.png",
+            "report/parallel_coordinates.png"} <= logged
 
 
 @pytest.mark.slurm

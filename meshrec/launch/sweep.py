@@ -878,44 +878,12 @@ def best_row(table_rows: Sequence[Row]) -> Optional[Row]:
     return min(done, key=lambda r: r.best) if done else None
 
 
-def plot(p: Plan, table_rows: Sequence[Row], key: str, path: Path) -> None:
-    """Validation metric of the finished cells against one grid key's values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    values = p.sweep.grid[key]
-    labels = [_text(v) for v in values]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    pts = [(r.cell.values[key], r.best) for r in table_rows
-           if r.state == "finished" and not math.isnan(r.best)]
-    xs = [v if numeric else labels.index(_text(v)) for v, _ in pts]
-    ax.scatter(xs, [b for _, b in pts], alpha=0.7, label="cells")
-    means = []
-    for v in values:
-        ys = [b for x, b in pts if _text(x) == _text(v)]
-        if ys:
-            means.append((v if numeric else labels.index(_text(v)), sum(ys) / len(ys)))
-    if means:
-        ax.plot([m[0] for m in means], [m[1] for m in means], "-o", color="C1",
-                label="mean over the other weights")
-    if not numeric:
-        ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"best {p.metric}")
-    ax.set_title(f"{p.metric} vs {key}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def report(p: Plan, out=print) -> Optional[Row]:
-    """Log the table and one plot per grid key to the sweep's parent run; name the best cell."""
+    """Log the table, one plot per grid key and a parallel-coordinates plot of the grid
+    (`meshrec.launch.plots`) to the sweep's parent run; name the best cell."""
     import tempfile
+
+    from meshrec.launch import plots  # matplotlib only for the report
 
     parent, table_rows, tracking = rows(p)
     if parent is None:
@@ -937,8 +905,10 @@ def report(p: Plan, out=print) -> Optional[Row]:
             writer.writerow([r.cell.name, *(_text(r.cell.values[k]) for k in keys), r.state,
                              r.job, r.run_id, "" if math.isnan(r.best) else f"{r.best:.6g}"])
         (folder / "cells.csv").write_text(buf.getvalue())
-        for key in keys:
-            plot(p, table_rows, key, folder / f"{p.metric}_vs_{key}.png")
+        # Only finished cells have a final metric (a running one's best is still moving).
+        plots.write(p.sweep.grid, [r.cell.values for r in table_rows],
+                    [r.best if r.state == "finished" else math.nan for r in table_rows],
+                    p.metric, folder)
         tracking.client.log_artifacts(parent, str(folder), "report")
     ended = [r for r in table_rows if r.state in ("finished", "failed") and r.run_id]
     if ended:  # cells the scheduler killed before they could close the sweep run

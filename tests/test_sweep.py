@@ -351,6 +351,15 @@ def test_cell_runs_are_named_by_their_grid_values():
     assert sweep_mod.run_label(Cell("0123456789ab", {}, None)) == "0123456789ab"
 
 
+def test_best_cell_is_shown_beside_the_mean_parameters_baseline_metric_by_metric():
+    line = sweep_mod.against_baseline({
+        "val_pve_mm": 184.4, "val_baseline_pve_mm": 588.8, "val_pa_mpjpe_mm": 110.0,
+        "val_baseline_pa_mpjpe_mm": 108.4, "val_samples": 512.0, "train_loss": 0.1})
+    # Every validation metric that has a baseline, in name order; a loss to it is flagged.
+    assert line == "pa_mpjpe_mm 110 vs 108.4 (NOT better) · pve_mm 184.4 vs 588.8"
+    assert sweep_mod.against_baseline({"val_pve_mm": 1.0}) == ""
+
+
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
     p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")

@@ -691,8 +691,12 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         if finished and close_parent_if_done(tracking, finished[0].info.run_id, p.metric):
             out(f"every cell is finished: sweep run {parent} closed")
     if p.executor == "local" and todo:
-        for line in table(p, _rows(p, tracking)):
+        table_rows = _rows(p, tracking)
+        for line in table(p, table_rows):
             out(line)
+        best = best_row(table_rows)
+        if best is not None:
+            say_best(tracking, best, p.metric, out)
     out(f"MLflow experiment '{p.experiment}' at {p.uri}; sweep run {parent}")
     out(f"open it: {ui_command(p.uri)}")
     return result
@@ -873,6 +877,23 @@ def status(p: Plan, out=print) -> list[Row]:
     return table_rows
 
 
+def against_baseline(metrics: Mapping[str, float]) -> str:
+    """`pve_mm 184.4 vs 588.8 · ...`: each validation metric of a run beside the same metric of
+    the mean-parameters baseline on the same samples (lower is better for all)."""
+    pairs = [(k[4:], v, metrics[f"val_baseline_{k[4:]}"]) for k, v in sorted(metrics.items())
+             if k.startswith("val_") and f"val_baseline_{k[4:]}" in metrics]
+    return " · ".join(f"{name} {v:.4g} vs {b:.4g}{'' if v < b else ' (NOT better)'}"
+                      for name, v, b in pairs)
+
+
+def say_best(tracking: Tracking, best: Row, metric: str, out) -> None:
+    out(f"best cell: {best.cell.name} ({_values(best.cell)}) {metric}={best.best:.2f} "
+        f"run {best.run_id}")
+    compared = against_baseline(tracking.client.get_run(best.run_id).data.metrics)
+    if compared:
+        out(f"  its last validation vs the mean-parameters baseline: {compared}")
+
+
 def best_row(table_rows: Sequence[Row]) -> Optional[Row]:
     done = [r for r in table_rows if r.state == "finished" and not math.isnan(r.best)]
     return min(done, key=lambda r: r.best) if done else None
@@ -917,8 +938,7 @@ def report(p: Plan, out=print) -> Optional[Row]:
     if best is not None:
         tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
         tracking.client.log_metric(parent, f"best_{p.metric}", best.best)
-        out(f"best cell: {best.cell.name} ({_values(best.cell)}) {p.metric}={best.best:.2f} "
-            f"run {best.run_id}")
+        say_best(tracking, best, p.metric, out)
     else:
         out("no finished cell with a validation metric yet")
     out(f"report logged to sweep run {parent}; open it: {ui_command(p.uri)}")

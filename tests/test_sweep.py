@@ -350,6 +350,16 @@ def test_cell_runs_are_named_by_their_grid_values():
     assert sweep_mod.run_label(Cell("0123456789ab", {}, None)) == "0123456789ab"
 
 
+def test_ui_link_opens_the_experiment_on_model_training():
+    # MLflow 3.17.2's UI opens GenAI unless the URL says otherwise (checked in test_browser.py).
+    page = "/#/experiments/7?workflowType=machine_learning"
+    assert sweep_mod.ui_command("http://login1:5000/", "7").startswith(
+        f"browse http://login1:5000{page} (")
+    assert f"http://localhost:5000{page})" in sweep_mod.ui_command("http://login1:5000", "7")
+    assert sweep_mod.ui_command("sqlite:///x/mlflow.db", "7") == (
+        f"mlflow ui --backend-store-uri sqlite:///x/mlflow.db, then browse http://127.0.0.1:5000{page}")
+
+
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
     p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")

@@ -631,7 +631,7 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         for line in table(p, _rows(p, tracking)):
             out(line)
     out(f"MLflow experiment '{p.experiment}' at {p.uri}; sweep run {parent}")
-    out(f"open it: {ui_command(p.uri)}")
+    out(f"open it: {ui_command(p.uri, tracking.experiment_id)}")
     return result
 
 
@@ -753,11 +753,19 @@ def _last_error(log: Path) -> str:
     return errors[-1] if errors else "unknown error"
 
 
-def ui_command(uri: str) -> str:
+def ui_page(experiment_id: str) -> str:
+    """The experiment's page in MLflow's UI, on model training. MLflow 3.17.2's UI takes GenAI or
+    model training from the URL's workflowType, else from the browser's last choice (GenAI in a
+    fresh browser): the experiment's mlflow.experimentKind tag no longer decides."""
+    return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ui_command(uri: str, experiment_id: str) -> str:
+    page = ui_page(experiment_id)
     if uri.startswith(("http://", "https://")):
-        return (f"browse {uri} (from your machine: ssh -N -L 5000:HOST:PORT LOGIN_NODE, then "
-                f"http://localhost:5000)")
-    return f"mlflow ui --backend-store-uri {uri}"
+        return (f"browse {uri.rstrip('/')}{page} (from your machine: ssh -N -L "
+                f"5000:HOST:PORT LOGIN_NODE, then http://localhost:5000{page})")
+    return f"mlflow ui --backend-store-uri {uri}, then browse http://127.0.0.1:5000{page}"
 
 
 # ------------------------------------------------------------------ status and report
@@ -887,7 +895,7 @@ def report(p: Plan, out=print) -> Optional[Row]:
             f"run {best.run_id}")
     else:
         out("no finished cell with a validation metric yet")
-    out(f"report logged to sweep run {parent}; open it: {ui_command(p.uri)}")
+    out(f"report logged to sweep run {parent}; open it: {ui_command(p.uri, tracking.experiment_id)}")
     return best
 
 

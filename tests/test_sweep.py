@@ -33,9 +33,9 @@ TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=fa
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """Stand-in body and generated shards, made once for the module's cells."""
-    return tmp_path_factory.mktemp("cache")
+def cache(sweep_cache) -> Path:
+    """Stand-in body and generated shards, shared with the session's other tiny sweeps."""
+    return sweep_cache
 
 
 def write_grid(path: Path, grid: object, **extra: object) -> Path:

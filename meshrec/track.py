@@ -44,7 +44,8 @@ DONE_TAG = "meshrec.done"
 QUEUED_METRIC = "time_queued_s"      # submission to the first start of training
 TRAINING_METRIC = "time_training_s"  # wall time in the training loop, over every job of the run
 # The UI's experiment kind (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT): without it
-# MLflow 3 may infer a GenAI experiment and open on traces.
+# a UI that reads it may infer a GenAI experiment and open on traces. MLflow 3.17.2's UI ignores it
+# when it picks the view (the URL's workflowType or the browser's last choice does: sweep.ui_page).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's limits (mlflow.utils.validation): values longer than these are refused.
 MAX_PARAM_LEN = 6000
@@ -448,7 +449,7 @@ class Tracker:
 
 def experiment_for(client: Any, name: str) -> str:
     """Id of experiment `name`, created if missing (another job may create it at the same time),
-    tagged so that MLflow's UI opens it on model training, not on its GenAI (traces) view."""
+    tagged as a model-training experiment (see EXPERIMENT_TAGS)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)

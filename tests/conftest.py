@@ -7,6 +7,10 @@
   ``@pytest.mark.slurm``.
 - ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session.
 - ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
+- ``sweep_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
+  session so that every module's tiny cells share what it holds.
+- ``chromium``: the path of Debian's ``chromium`` (browser tests drive it with Playwright). Skips
+  when it is not installed, except under ``CI=true``, where that fails.
 """
 
 from __future__ import annotations
@@ -138,4 +142,24 @@ def standin_file(standin_model, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("body") / "standin.npz"
     save_npz(path, standin_model)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sweep_cache(tmp_path_factory) -> Path:
+    """``body.cache_dir`` of tiny sweeps: the stand-in body and generated shards, made on first
+    use and kept for the session's other tiny cells."""
+    return tmp_path_factory.mktemp("sweep-cache")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium, for Playwright's ``executable_path`` (its own browsers are never
+    downloaded). A missing browser skips here, but fails in CI, which installs it (.ci/run)."""
+    path = shutil.which("chromium")
+    if path is None:
+        if _in_ci():
+            pytest.fail("Debian's chromium is not installed; CI must run the browser test "
+                        "(.ci/run installs it)", pytrace=False)
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     return path

@@ -33,9 +33,9 @@ TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=fa
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """Stand-in body and generated shards, made once for the module's cells."""
-    return tmp_path_factory.mktemp("cache")
+def cache(sweep_cache) -> Path:
+    """Stand-in body and generated shards, shared with the session's other tiny sweeps."""
+    return sweep_cache
 
 
 def write_grid(path: Path, grid: object, **extra: object) -> Path:
@@ -358,6 +358,16 @@ def test_best_cell_is_shown_beside_the_mean_parameters_baseline_metric_by_metric
     # Every validation metric that has a baseline, in name order; a loss to it is flagged.
     assert line == "pa_mpjpe_mm 110 vs 108.4 (NOT better) · pve_mm 184.4 vs 588.8"
     assert sweep_mod.against_baseline({"val_pve_mm": 1.0}) == ""
+
+
+def test_ui_link_opens_the_experiment_on_model_training():
+    # MLflow 3.17.2's UI opens GenAI unless the URL says otherwise (checked in test_browser.py).
+    page = "/#/experiments/7?workflowType=machine_learning"
+    assert sweep_mod.ui_command("http://login1:5000/", "7").startswith(
+        f"browse http://login1:5000{page} (")
+    assert f"http://localhost:5000{page})" in sweep_mod.ui_command("http://login1:5000", "7")
+    assert sweep_mod.ui_command("sqlite:///x/mlflow.db", "7") == (
+        f"mlflow ui --backend-store-uri sqlite:///x/mlflow.db, then browse http://127.0.0.1:5000{page}")
 
 
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):

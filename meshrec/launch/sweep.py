@@ -698,7 +698,7 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
         if best is not None:
             say_best(tracking, best, p.metric, out)
     out(f"MLflow experiment '{p.experiment}' at {p.uri}; sweep run {parent}")
-    out(f"open it: {ui_command(p.uri)}")
+    out(f"open it: {ui_command(p.uri, tracking.experiment_id)}")
     return result
 
 
@@ -820,11 +820,19 @@ def _last_error(log: Path) -> str:
     return errors[-1] if errors else "unknown error"
 
 
-def ui_command(uri: str) -> str:
+def ui_page(experiment_id: str) -> str:
+    """The experiment's page in MLflow's UI, on model training. MLflow 3.17.2's UI takes GenAI or
+    model training from the URL's workflowType, else from the browser's last choice (GenAI in a
+    fresh browser): the experiment's mlflow.experimentKind tag no longer decides."""
+    return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ui_command(uri: str, experiment_id: str) -> str:
+    page = ui_page(experiment_id)
     if uri.startswith(("http://", "https://")):
-        return (f"browse {uri} (from your machine: ssh -N -L 5000:HOST:PORT LOGIN_NODE, then "
-                f"http://localhost:5000)")
-    return f"mlflow ui --backend-store-uri {uri}"
+        return (f"browse {uri.rstrip('/')}{page} (from your machine: ssh -N -L "
+                f"5000:HOST:PORT LOGIN_NODE, then http://localhost:5000{page})")
+    return f"mlflow ui --backend-store-uri {uri}, then browse http://127.0.0.1:5000{page}"
 
 
 # ------------------------------------------------------------------ status and report
@@ -941,7 +949,7 @@ def report(p: Plan, out=print) -> Optional[Row]:
         say_best(tracking, best, p.metric, out)
     else:
         out("no finished cell with a validation metric yet")
-    out(f"report logged to sweep run {parent}; open it: {ui_command(p.uri)}")
+    out(f"report logged to sweep run {parent}; open it: {ui_command(p.uri, tracking.experiment_id)}")
     return best
 
 

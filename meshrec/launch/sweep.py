@@ -248,7 +248,7 @@ def preflight(cfg: Config, progress: bool = False, out=print) -> str:
 def preflight_all(p: Plan, progress: bool = False, out=print) -> dict[str, str]:
     """Cell name → shard directory, every cell checked (cells sharing inputs are checked once)."""
     seen: dict[str, str] = {}
-    out: dict[str, str] = {}
+    shards: dict[str, str] = {}
     for cell in p.cells:
         c = cell.config
         key = json.dumps([c.data.shards, to_dict(c.body), to_dict(c.data.synth),
@@ -256,10 +256,10 @@ def preflight_all(p: Plan, progress: bool = False, out=print) -> dict[str, str]:
                           c.model.weights, c.model.mean_params, c.train.init_from])
         if key not in seen:
             seen[key] = preflight(c, progress, out)
-        out[cell.name] = seen[key]
+        shards[cell.name] = seen[key]
         # What the cell's weights and protocol ask of the shards (a manifest read per cell).
         preflight_labels(replace(c, data=replace(c.data, shards=seen[key])))
-    return out
+    return shards
 
 
 def preflight_labels(cfg: Config) -> None:

@@ -21,6 +21,16 @@ NAMES: tuple[str, ...] = (
 )
 PELVIS = 0
 
+# The skeleton drawn over 2D keypoints: 16 bones joining the 17 joints into one tree.
+BONES: tuple[tuple[int, int], ...] = tuple((NAMES.index(a), NAMES.index(b)) for a, b in (
+    ("pelvis", "left_hip"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+    ("pelvis", "right_hip"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+    ("pelvis", "spine"), ("spine", "thorax"), ("thorax", "nose"), ("nose", "head"),
+    ("thorax", "left_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+    ("thorax", "right_shoulder"), ("right_shoulder", "right_elbow"),
+    ("right_elbow", "right_wrist"),
+))
+
 # SPIN's J24 order (constants.py, the 24 "ground truth" joints).
 J24_NAMES: tuple[str, ...] = (
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",

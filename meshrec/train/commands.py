@@ -183,15 +183,17 @@ def _predict(args: argparse.Namespace) -> int:
             continue
         with torch.no_grad(), torch.autocast(t.device.type, dtype=t.amp or torch.float32,
                                              enabled=t.amp is not None):
-            params = evaluate.last_params(t.model(image[None].to(t.device)))
+            pred = t.model(image[None].to(t.device))
         with torch.no_grad():
-            body = t.body(params)
+            body = t.body(evaluate.last_params(pred))
         vertices = body.vertices[0].cpu().numpy()
         stem = Path(path).stem
         write_obj(out / f"{stem}.obj", vertices, t.body.faces)
+        # No truth: the mesh is drawn with the predicted camera, as the model framed it.
+        view = visual.choose_view(vertices, body.joints[0, 0].cpu().numpy(),
+                                  pred.camera[-1][0].float().cpu().numpy(), size)
         save_png(out / f"{stem}_overlay.png",
-                 visual.panel(image, None, vertices, t.body.faces,
-                              root_pred=body.joints[0, 0].cpu().numpy()))
+                 visual.picture(image, t.body.faces, view, truth=False).image)
         print(f"{path} -> {out / (stem + '.obj')} ({len(vertices)} vertices)")
     return 1 if failed else 0
 

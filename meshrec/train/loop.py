@@ -405,7 +405,8 @@ def validate(run: Run, split: str = "val", overlays: int = 0) -> tuple[dict[str,
 
 @torch.no_grad()
 def overlay_pictures(run: Run, batch: dict, count: int) -> list[tuple[str, np.ndarray]]:
-    from meshrec.train import evaluate, visual
+    """[input | truth | prediction] pictures of the first `count` samples (meshrec.train.visual)."""
+    from meshrec.train import visual
 
     if "image" not in batch:  # a feature cache holds no pixels to draw on
         return []
@@ -413,19 +414,9 @@ def overlay_pictures(run: Run, batch: dict, count: int) -> list[tuple[str, np.nd
     n = min(count, len(batch["key"]))
     with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
                         enabled=run.amp is not None):
-        pred = evaluate.last_params(run.core(batch["image"][:n]))
-    true = run.body(batch["params"][:n, :82].float())
-    labelled = batch.get("has_smpl", torch.ones(n, dtype=torch.bool))
-    out = run.body(pred)
-    faces = run.body.faces
-    pics = []
-    for i in range(n):
-        has = bool(labelled[i])  # a joints-only sample has no true mesh to draw
-        tv, pv = true.vertices[i].cpu().numpy() if has else None, out.vertices[i].cpu().numpy()
-        pics.append((batch["key"][i], visual.panel(batch["image"][i], tv, pv, faces,
-                                                   true.joints[i, 0].cpu().numpy() if has else None,
-                                                   out.joints[i, 0].cpu().numpy())))
-    return pics
+        pred = run.core(batch["image"][:n])
+    return [(key, pic.image)
+            for key, pic in visual.batch_pictures(batch, pred, run.body, run.joints.regressor, n)]
 
 
 # ------------------------------------------------------------------ logging

@@ -24,7 +24,8 @@ def tiny_args(cache: Path, out: Path, *more: str) -> list[str]:
     """Overrides of configs/demo.yaml for a few-second run: 64 px generated crops read at
     32 px, ResNet-18, a small head."""
     return [
-        f"body.cache_dir={cache}", "data.synth.frames_per_subject=4", "data.synth.size=64",
+        f"body.cache_dir={cache}", "train.epochs=1", "data.synth.frames_per_subject=4",
+        "data.synth.size=64",
         "data.image_size=32", "data.backend=torch", "data.num_threads=1", "data.batch_size=8",
         "data.train_subjects=[S1,S5,S6]", "data.val_subjects=[S9]", "eval.subjects=[S9]",
         "eval.batch_size=16", "model.hidden=32", "track.enabled=false", "track.overlays=1",

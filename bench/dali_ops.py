@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
+import headline
 
 KINDS = ("decode", "roi", "cmn", "bare", "graph", "loader")
 BATCH, SIZE = 64, 224
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--one", nargs=2, metavar=("KIND", "SHARDS"), help=argparse.SUPPRESS)
+    headline.add_flag(ap)
     args = ap.parse_args()
     if args.one:  # child: one pipeline, result as JSON
         print(json.dumps(measure(args.one[0], args.one[1], args.threads, args.seconds)))
@@ -131,10 +133,10 @@ def main() -> None:
     frac = {k: float(np.median([d["cpu_us"] / r["cpu_us"]
                                 for d, r in zip(runs["decode"], runs[k])])) for k in KINDS}
     rate = float(np.median([r["img_s"] / d["img_s"] for d, r in zip(runs["decode"], runs["loader"])]))
-    print(f"decode_cpu_us={med['decode']['cpu_us']:.0f} cmn_frac={frac['cmn']:.2f} "
-          f"bare_frac={frac['bare']:.2f} "
-          f"graph_frac={frac['graph']:.2f} loader_frac={frac['loader']:.2f} "
-          f"loader_rate_frac={rate:.2f}")
+    headline.emit(f"decode_cpu_us={med['decode']['cpu_us']:.0f} cmn_frac={frac['cmn']:.2f} "
+                  f"bare_frac={frac['bare']:.2f} "
+                  f"graph_frac={frac['graph']:.2f} loader_frac={frac['loader']:.2f} "
+                  f"loader_rate_frac={rate:.2f}", args.json)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from meshrec.config import Config, with_overrides  # noqa: E402
 from meshrec.data import augment, build_loader, shardset  # noqa: E402
 from meshrec.shards.pack import PackConfig, pack  # noqa: E402
 from pack import SUBJECTS, make_source  # noqa: E402  (bench/pack.py)
+import headline
 
 BATCH, SIZE = 64, 224
 
@@ -205,6 +206,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="decode threads / DataLoader workers")
     ap.add_argument("--seconds", type=float, default=12.0, help="measuring time per loader")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per loader")
+    headline.add_flag(ap)
     args = ap.parse_args()
     w = args.workers
 
@@ -253,7 +255,8 @@ def main() -> None:
     for name, line in cpu_lines.items():
         print(f"{name:12s} {line}")
     dali = rates["dali eval"]
-    print(f"vs_spin={dali / rates['spin']:.2f} ceiling_frac={dali / ceiling:.2f} dali_img_s={dali:.1f}")
+    headline.emit(f"vs_spin={dali / rates['spin']:.2f} ceiling_frac={dali / ceiling:.2f} "
+                  f"dali_img_s={dali:.1f}", args.json)
 
 
 if __name__ == "__main__":

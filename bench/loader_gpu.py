@@ -38,6 +38,7 @@ from meshrec.model.encoder import build_encoder  # noqa: E402
 from meshrec.train.loop import amp_dtype  # noqa: E402
 from loader import BATCH, SIZE, Meter, packed_shards  # noqa: E402  (bench/loader.py)
 from pack import SUBJECTS  # noqa: E402  (bench/pack.py)
+import headline
 
 
 class MixedDecodeOnly:
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=16.0, help="measuring time per rate")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per rate")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # CPU run of the code
+    headline.add_flag(ap)
     args = ap.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("loader_gpu: needs a CUDA GPU (bench/loader.py measures the CPU loaders)")
@@ -149,9 +151,10 @@ def main() -> None:
         spread = np.ptp(meters[name].rates) / max(rate, 1e-9)
         print(f"{name:13s} {rate:9.1f} img/s  (rounds spread {spread:.0%})")
     fwd = rates["r152 fwd"]
-    print(f"mixed_img_s={rates['mixed decode']:.0f} dali_train_img_s={rates['dali train']:.0f} "
-          f"r152_fwd_img_s={fwd:.0f} decode_over_fwd={rates['mixed decode'] / fwd:.2f} "
-          f"fed_frac={rates['fed fwd'] / fwd:.2f}")
+    headline.emit(f"mixed_img_s={rates['mixed decode']:.0f} "
+                  f"dali_train_img_s={rates['dali train']:.0f} r152_fwd_img_s={fwd:.0f} "
+                  f"decode_over_fwd={rates['mixed decode'] / fwd:.2f} "
+                  f"fed_frac={rates['fed fwd'] / fwd:.2f}", args.json)
 
 
 if __name__ == "__main__":

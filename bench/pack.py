@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 
 from meshrec.shards import crop  # noqa: E402
 from meshrec.shards.pack import PackConfig, available_cores, pack  # noqa: E402
+import headline
 
 FRAME = 1000
 SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--context", type=float, default=1.2)
     ap.add_argument("--shard-size-mb", type=float, default=256.0)
+    headline.add_flag(ap)
     args = ap.parse_args()
     workers = args.workers or available_cores()
 
@@ -159,7 +161,8 @@ def main() -> None:
     print(f"pack end to end:          {rate:8.1f} img/s ({result.packed} samples, {result.shards} shards, "
           f"{out_mb:.1f} MB, {seconds:.2f} s)")
     print(f"pack / draft decode:      {rate / drafted:8.2f}")
-    print(f"pack_frac={rate / ceiling:.2f} pack_img_s={rate:.1f} ceiling_img_s={ceiling:.1f}")
+    headline.emit(f"pack_frac={rate / ceiling:.2f} pack_img_s={rate:.1f} ceiling_img_s={ceiling:.1f}",
+                  args.json)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from meshrec import render  # noqa: E402
+import headline
 
 LIGHT_DIR = np.array([0.3, -0.5, -1.0])  # camera frame, towards the light (render_mesh's default)
 AMBIENT = 0.35
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--supersample", type=int, default=1)
     ap.add_argument("--body", default=None, help="SMPL-format body model file (default: the stand-in)")
     ap.add_argument("--tube", action="store_true", help="time the synthetic tube instead of a body")
+    headline.add_flag(ap)
     args = ap.parse_args()
     mesh = None if args.tube else body_mesh(args.body)
     if mesh is None:
@@ -213,7 +215,7 @@ def main() -> None:
     if theirs:
         line += (f" pyrender_ms_256={theirs[256]:.1f} pyrender_ms_1000={theirs[1000]:.1f}"
                  f" ratio_256={ours[256] / theirs[256]:.2f} ratio_1000={ours[1000] / theirs[1000]:.2f}")
-    print(line)
+    headline.emit(line, args.json)
 
 
 if __name__ == "__main__":

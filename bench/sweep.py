@@ -41,6 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+import headline
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -245,6 +246,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/meshrec-bench-sweep")
     parser.add_argument("--quick", action="store_true",
                         help="a check that it runs: ResNet-18 at 64 px, 2 frames, 2 epochs")
+    headline.add_flag(parser)
     args = parser.parse_args()
     if args.quick:
         args.encoder, args.image_size, args.crop, args.frames, args.epochs, args.batch = (
@@ -302,9 +304,9 @@ def main() -> int:
     print("load average at the starts: " + ", ".join(
         f"{s.label} {s.load[0]:.2f}" for s in (cached, naive, naive1, cached1)))
     speedup = naive.wall / cached.wall
-    print(f"speedup={speedup:.1f} naive_s={naive.wall:.1f} cached_s={cached.wall:.1f} "
-          f"same_best={same_best} max_pve_diff_mm={diffs.get(METRIC, math.nan):.2e} "
-          f"overhead_s={o_cached:.1f}")
+    headline.emit(f"speedup={speedup:.1f} naive_s={naive.wall:.1f} cached_s={cached.wall:.1f} "
+                  f"same_best={same_best} max_pve_diff_mm={diffs.get(METRIC, math.nan):.2e} "
+                  f"overhead_s={o_cached:.1f}", args.json)
     return 0
 
 

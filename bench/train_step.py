@@ -41,6 +41,7 @@ from meshrec.body.smpl import BodyModel  # noqa: E402
 from meshrec.config import load_config  # noqa: E402
 from meshrec.loss import compute_loss  # noqa: E402
 from meshrec.model import build_model  # noqa: E402
+import headline as headline_line
 
 SETUPS = (("resnet18", 128), ("resnet50", 224))
 
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--smpl-reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads; 0 = torch default")
     ap.add_argument("--quick", action="store_true", help="ResNet-18 only, 2 steps (smoke test)")
+    headline_line.add_flag(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +145,8 @@ def main() -> None:
                   f"{'frozen' if frozen else 'fine-tuned'} encoder: {results[key]:.1f} img/s")
     headline = results.get("resnet50_224_frozen", next(iter(results.values())))
     extra = " ".join(f"{k}={v:.1f}" for k, v in results.items())
-    print(f"step_img_s={headline:.1f} smpl_ratio={ratio:.2f} smpl_ratio_cpu={ratio_cpu:.2f} {extra}")
+    headline_line.emit(f"step_img_s={headline:.1f} smpl_ratio={ratio:.2f} "
+                       f"smpl_ratio_cpu={ratio_cpu:.2f} {extra}", args.json)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,8 @@ screen-space barycentrics and 1/z are linear in screen space, evaluated as plane
 the centres inside. The z-buffer keeps the largest 1/z per pixel (np.maximum.at); exact ties
 (shared edges, vertices) go to the first fragment in a fixed order, so output is deterministic.
 Perspective-correct barycentrics are computed only at the visible fragments.
-Speed, one core (bench/render.py, a closed 13,776-face mesh): about 13 ms per 256 px frame and
-about 90 ms per 1000 px frame for render_mesh; a NumPy-for-torch port of the hot loop was about 2x
-slower on CPU, so this stays NumPy.
+Speed, one core: bench/RESULTS.md (bench/render.py, a closed 13,776-face mesh). A NumPy-for-torch
+port of the hot loop was about 2x slower on CPU, so this stays NumPy.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def test_demo_is_small():
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     assert (cfg.model.encoder, cfg.model.weights) == ("resnet18", "none")
     assert 64 <= cfg.data.image_size <= 128 and cfg.data.image_size <= cfg.data.synth.size
-    assert cfg.train.epochs * cfg.data.synth.frames_per_subject * 5 * 4 <= 2000  # images/cell
+    # images a cell trains on (5 subjects × 4 cameras): a few minutes for 4 cells on 2 cores
+    assert cfg.train.epochs * cfg.data.synth.frames_per_subject * 5 * 4 <= 6000
     # Validated where slurm/train_full.sh evaluates, on subjects it never trains on.
     assert cfg.data.val_subjects == cfg.eval.subjects == ("S9", "S11")
     assert not set(cfg.data.train_subjects) & set(cfg.data.val_subjects)

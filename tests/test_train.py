@@ -106,7 +106,7 @@ def test_resume_refuses_another_config(cache, tmp_path):
 
     train(tiny(cache, tmp_path, "data.train_subjects=[S1]"), stop_after=1)
     with pytest.raises(MeshrecError, match="config hash"):
-        train(tiny(cache, tmp_path, "data.train_subjects=[S1]", "optim.lr=0.001"))
+        train(tiny(cache, tmp_path, "data.train_subjects=[S1]", "optim.lr=0.0005"))
 
 
 # ------------------------------------------------------------------ DDP parity

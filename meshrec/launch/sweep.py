@@ -398,15 +398,14 @@ class Tracking:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        from meshrec.track import experiment_for, limit_http
+
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # store-creation chatter
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        limit_http()  # one call's retries and timeout, as for the training loop's tracker
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         try:
-            from meshrec.track import experiment_for
-
             self.experiment_id = experiment_for(self.client, experiment)
         except MlflowException as exc:
             raise MeshrecError(f"MLflow at {uri}: {str(exc).splitlines()[0]}") from None

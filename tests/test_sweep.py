@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from meshrec.config import ConfigError
 from meshrec.errors import MeshrecError
 from meshrec.launch.executor import executor_parameters
-from meshrec.launch.plan import DEMO_CELLS, plan
+from meshrec.launch.plan import DEMO_CELLS, DEMO_FILE, plan
 from meshrec.launch.report import against_baseline, ui_command
 from meshrec.launch.runs import run_label
 from meshrec.launch.grid import load_sweep
@@ -147,7 +147,8 @@ def test_demo_plan_is_a_few_local_cells_of_the_same_grid():
     assert demo.cells[-1].values == full.cells[-1].values
     assert {k for c in demo.cells for k in c.values} == set(full.sweep.grid)
     cfg = demo.cells[0].config
-    assert (cfg.model.encoder, cfg.train.epochs, cfg.data.shards) == ("resnet18", 1, "")
+    demo_epochs = yaml.safe_load(DEMO_FILE.read_text())["train"]["epochs"]
+    assert (cfg.model.encoder, cfg.train.epochs, cfg.data.shards) == ("resnet18", demo_epochs, "")
     assert demo.uri.startswith("sqlite:///") and demo.uri.endswith("runs/demo/mlflow.db")
     assert executor_parameters(cfg, "local")["tasks_per_node"] == 1
 

@@ -8,7 +8,7 @@
 - Executor: SLURM when `sbatch` is on PATH, else submitit's local executor with a notice saying
   why (`launch.executor` or --local / --demo decide when set).
 - `--demo`: the sweep file's grid shrunk to DEMO_CELLS cells spread over it, `configs/demo.yaml`
-  layered over its base (ResNet-18, small images, one epoch, generated data), local executor, an
+  layered over its base (ResNet-18, small images, a few epochs, generated data), local executor, an
   MLflow SQLite store beside the demo runs.
 - `job_config`: the config one cell's job trains (its run directory, the sweep's MLflow store,
   its shards).

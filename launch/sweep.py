@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Train every cell of a sweep file: one submitit job array on SLURM (or local processes), one
-MLflow parent run for the sweep and one child run per cell. See meshrec/launch/sweep.py.
+MLflow parent run for the sweep and one child run per cell. See meshrec/launch/run.py (and
+plan.py, executor.py, runs.py, report.py beside it).
 
     python launch/sweep.py --grid configs/loss_weights.yaml --dry-run   # cells + sbatch header
     python launch/sweep.py --grid configs/loss_weights.yaml             # submit (again: resubmit
@@ -59,20 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshrec.launch import sweep
+    from meshrec.launch.plan import plan
+    from meshrec.launch.report import dry_run, report, status
+    from meshrec.launch.run import launch
 
-    p = sweep.plan(args.grid, args.overrides, demo=args.demo, local=args.local,
-                   feature_cache=not args.no_feature_cache)
+    p = plan(args.grid, args.overrides, demo=args.demo, local=args.local,
+             feature_cache=not args.no_feature_cache)
     if args.dry_run:
-        sweep.dry_run(p)
+        dry_run(p)
         return 0
     if args.status:
-        sweep.status(p)
+        status(p)
         return 0
     if args.report:
-        sweep.report(p)
+        report(p)
         return 0
-    result = sweep.launch(p, progress=sys.stderr.isatty())
+    result = launch(p, progress=sys.stderr.isatty())
     return 1 if result["failed"] else 0
 
 

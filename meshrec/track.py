@@ -55,9 +55,10 @@ _METRICS_PER_BATCH = 1000
 _QUEUE_LIMIT = 200_000
 _BACKOFF = (1.0, 30.0)
 _THREAD = "meshrec-mlflow"
-# Bounds on a single MLflow HTTP call; our own retry loop does the rest.
-_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# Bounds on a single MLflow HTTP call, for the tracker (its own retry loop does the rest) and the
+# sweep launcher's client alike (`limit_http`).
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 # Error codes that retrying cannot fix (a bad value, a missing run): the call is dropped.
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
               "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "NOT_FOUND",
@@ -75,6 +76,12 @@ def _text(value: Any) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def limit_http() -> None:
+    """Apply HTTP_ENV to this process's MLflow clients (settings the user exported win)."""
+    for name, value in HTTP_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -147,8 +154,7 @@ class Tracker:
             return None
         if self._thread is not None:
             raise RuntimeError("Tracker.start called twice")
-        for name, value in _HTTP_ENV.items():
-            os.environ.setdefault(name, value)
+        limit_http()
         self._staging = Path(tempfile.mkdtemp(prefix="meshrec-track-"))
         self._enqueue(_Op("start", {"run_name": run_name, "run_id": run_id,
                                     "tags": {k: _clip(_text(v), MAX_TAG_LEN)

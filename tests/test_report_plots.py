@@ -13,7 +13,7 @@ import yaml
 
 from meshrec.errors import MeshrecError
 from meshrec.launch import plots
-from meshrec.launch.sweep import DEMO_CELLS, spread
+from meshrec.launch.plan import DEMO_CELLS, spread
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"a": [0.0, 0.1, 1.0], "b": [0.0, 0.1], "t": ["l1", "l2"]}

@@ -17,7 +17,12 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from meshrec.launch import sweep as sweep_mod
+from meshrec.config import ConfigError
+from meshrec.errors import MeshrecError
+from meshrec.launch.executor import executor_parameters
+from meshrec.launch.plan import DEMO_CELLS, DEMO_FILE, plan
+from meshrec.launch.report import against_baseline, ui_command
+from meshrec.launch.runs import run_label
 from meshrec.launch.grid import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,27 +139,28 @@ def test_dry_run_prints_cells_and_sbatch_header_and_writes_nothing(tmp_path, cac
 
 
 def test_demo_plan_is_a_few_local_cells_of_the_same_grid():
-    full = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")
-    demo = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml", demo=True)
-    assert len(full.cells) == 24 and len(demo.cells) == sweep_mod.DEMO_CELLS
+    full = plan(REPO / "configs" / "loss_weights.yaml")
+    demo = plan(REPO / "configs" / "loss_weights.yaml", demo=True)
+    assert len(full.cells) == 24 and len(demo.cells) == DEMO_CELLS
     assert demo.executor == "local"
     assert demo.cells[0].values == full.cells[0].values
     assert demo.cells[-1].values == full.cells[-1].values
     assert {k for c in demo.cells for k in c.values} == set(full.sweep.grid)
     cfg = demo.cells[0].config
-    assert (cfg.model.encoder, cfg.train.epochs, cfg.data.shards) == ("resnet18", 1, "")
+    demo_epochs = yaml.safe_load(DEMO_FILE.read_text())["train"]["epochs"]
+    assert (cfg.model.encoder, cfg.train.epochs, cfg.data.shards) == ("resnet18", demo_epochs, "")
     assert demo.uri.startswith("sqlite:///") and demo.uri.endswith("runs/demo/mlflow.db")
-    assert sweep_mod.executor_parameters(cfg, "local")["tasks_per_node"] == 1
+    assert executor_parameters(cfg, "local")["tasks_per_node"] == 1
 
 
 def test_tasks_per_node_defaults_to_one_per_gpu_and_gres_replaces_gpus_per_node():
-    base = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml",
-                          ["launch.slurm.gpus_per_node=4", "launch.slurm.nodes=2"]).cfg
-    params = sweep_mod.executor_parameters(base, "slurm")
+    base = plan(REPO / "configs" / "loss_weights.yaml",
+                ["launch.slurm.gpus_per_node=4", "launch.slurm.nodes=2"]).cfg
+    params = executor_parameters(base, "slurm")
     assert (params["tasks_per_node"], params["gpus_per_node"], params["nodes"]) == (4, 4, 2)
-    gres = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml",
-                          ["launch.slurm.gpus_per_node=4", "launch.slurm.gres=gpu:4"]).cfg
-    params = sweep_mod.executor_parameters(gres, "slurm")
+    gres = plan(REPO / "configs" / "loss_weights.yaml",
+                ["launch.slurm.gpus_per_node=4", "launch.slurm.gres=gpu:4"]).cfg
+    params = executor_parameters(gres, "slurm")
     assert params["slurm_gres"] == "gpu:4" and "gpus_per_node" not in params
 
 
@@ -338,8 +344,8 @@ def test_cells_are_checked_against_their_labels_before_anything_is_queued(tmp_pa
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/mlflow.db"))
     varied = write_grid(tmp_path / "protocols.yaml", {"eval.protocol": ["smpl", "h36m-p2"]})
-    with pytest.raises(sweep_mod.ConfigError, match="do not vary the protocol"):
-        sweep_mod.plan(varied)
+    with pytest.raises(ConfigError, match="do not vary the protocol"):
+        plan(varied)
 
 
 def test_cell_runs_are_named_by_their_grid_values():
@@ -347,35 +353,35 @@ def test_cell_runs_are_named_by_their_grid_values():
 
     cell = Cell("0123456789ab", {"loss.w_body": 0.1, "loss.w_shape": 0.0, "loss.type": "l1",
                                  "optim.type": "x"}, None)
-    assert sweep_mod.run_label(cell) == "w_body=0.1 w_shape=0.0 loss.type=l1 optim.type=x"
-    assert sweep_mod.run_label(Cell("0123456789ab", {}, None)) == "0123456789ab"
+    assert run_label(cell) == "w_body=0.1 w_shape=0.0 loss.type=l1 optim.type=x"
+    assert run_label(Cell("0123456789ab", {}, None)) == "0123456789ab"
 
 
 def test_best_cell_is_shown_beside_the_mean_parameters_baseline_metric_by_metric():
-    line = sweep_mod.against_baseline({
+    line = against_baseline({
         "val_pve_mm": 184.4, "val_baseline_pve_mm": 588.8, "val_pa_mpjpe_mm": 110.0,
         "val_baseline_pa_mpjpe_mm": 108.4, "val_samples": 512.0, "train_loss": 0.1})
     # Every validation metric that has a baseline, in name order; a loss to it is flagged.
     assert line == "pa_mpjpe_mm 110 vs 108.4 (NOT better) · pve_mm 184.4 vs 588.8"
-    assert sweep_mod.against_baseline({"val_pve_mm": 1.0}) == ""
+    assert against_baseline({"val_pve_mm": 1.0}) == ""
 
 
 def test_ui_link_opens_the_experiment_on_model_training():
     # MLflow 3.17.2's UI opens GenAI unless the URL says otherwise (checked in test_browser.py).
     page = "/#/experiments/7?workflowType=machine_learning"
-    assert sweep_mod.ui_command("http://login1:5000/", "7").startswith(
+    assert ui_command("http://login1:5000/", "7").startswith(
         f"browse http://login1:5000{page} (")
-    assert f"http://localhost:5000{page})" in sweep_mod.ui_command("http://login1:5000", "7")
-    assert sweep_mod.ui_command("sqlite:///x/mlflow.db", "7") == (
+    assert f"http://localhost:5000{page})" in ui_command("http://login1:5000", "7")
+    assert ui_command("sqlite:///x/mlflow.db", "7") == (
         f"mlflow ui --backend-store-uri sqlite:///x/mlflow.db, then browse http://127.0.0.1:5000{page}")
 
 
 def test_no_sbatch_on_path_means_local_with_a_notice(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no sbatch
-    p = sweep_mod.plan(REPO / "configs" / "loss_weights.yaml")
+    p = plan(REPO / "configs" / "loss_weights.yaml")
     assert p.executor == "local" and "no `sbatch`" in p.notice
-    with pytest.raises(sweep_mod.MeshrecError, match="sbatch"):
-        sweep_mod.plan(REPO / "configs" / "loss_weights.yaml", ["launch.executor=slurm"])
+    with pytest.raises(MeshrecError, match="sbatch"):
+        plan(REPO / "configs" / "loss_weights.yaml", ["launch.executor=slurm"])
 
 
 @pytest.mark.slow

@@ -21,7 +21,11 @@ from meshrec import features
 from meshrec.config import with_overrides
 from meshrec.errors import MeshrecError
 from meshrec.launch import feature_job
-from meshrec.launch import sweep as sweep_mod
+from meshrec.launch.executor import after
+from meshrec.launch.plan import job_config, preflight_all
+from meshrec.launch.plan import plan as sweep_plan
+from meshrec.launch.report import dry_run
+from meshrec.launch.run import FEATURE_JOB_SUFFIX
 from tests.test_sweep import in_queue, unfinished, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +65,9 @@ def cli(grid: Path, args: list[str], cwd: Path, timeout: float = 600) -> subproc
 
 def job_configs(grid: Path, args: list[str], local: bool = False) -> dict:
     """The cells' job configs as the sweep makes them (shards resolved, data generated)."""
-    p = sweep_mod.plan(grid, args, local=local)
-    shards = sweep_mod.preflight_all(p)
-    return {c.name: sweep_mod.job_config(p, c, shards[c.name]) for c in p.cells}
+    p = sweep_plan(grid, args, local=local)
+    shards = preflight_all(p)
+    return {c.name: job_config(p, c, shards[c.name]) for c in p.cells}
 
 
 def finished_cached_cells(client: MlflowClient, experiment: str, count: int,
@@ -86,13 +90,13 @@ def finished_cached_cells(client: MlflowClient, experiment: str, count: int,
 def test_after_adds_afterok_to_the_users_dependency_and_cancels_on_failure():
     params = {"name": "x", "slurm_additional_parameters": {"dependency": "afterany:7",
                                                            "mail-type": "END"}}
-    out = sweep_mod.after(params, "123")
+    out = after(params, "123")
     assert out["slurm_dependency"] == "afterany:7,afterok:123"
     assert out["slurm_additional_parameters"] == {"mail-type": "END", "kill-on-invalid-dep": "yes"}
     assert params["slurm_additional_parameters"]["dependency"] == "afterany:7"  # not modified
-    plain = sweep_mod.after({"name": "x"}, "9")
+    plain = after({"name": "x"}, "9")
     assert plain["slurm_dependency"] == "afterok:9"
-    kept = sweep_mod.after({"slurm_additional_parameters": {"kill_on_invalid_dep": "no"}}, "9")
+    kept = after({"slurm_additional_parameters": {"kill_on_invalid_dep": "no"}}, "9")
     assert kept["slurm_additional_parameters"] == {"kill_on_invalid_dep": "no"}
 
 
@@ -145,7 +149,7 @@ def test_dry_run_says_whether_a_feature_job_would_run_and_writes_nothing(tmp_pat
     # Data not generated yet (a fresh cache directory): a job would build the features.
     fresh = tmp_path / "fresh-cache"
     lines: list[str] = []
-    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, fresh, "dry")), lines.append)
+    dry_run(sweep_plan(grid, settings(tmp_path, fresh, "dry")), lines.append)
     text = "\n".join(lines)
     assert "feature job would run before the cells" in text
     assert "#SBATCH --dependency=afterok:FEATURE_JOB" in text
@@ -155,15 +159,15 @@ def test_dry_run_says_whether_a_feature_job_would_run_and_writes_nothing(tmp_pat
         assert done.returncode == 0, done.stderr
         assert word in done.stdout and "--dependency" not in done.stdout
     lines.clear()
-    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, fresh, "dry",
-                                                    "model.freeze_encoder=false")), lines.append)
+    dry_run(sweep_plan(grid, settings(tmp_path, fresh, "dry", "model.freeze_encoder=false")),
+            lines.append)
     assert any("not used (2 of 2 cell(s) train their encoder" in l for l in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # nothing made
 
     # Generated data there (the module's cache), no features yet: a job "would build" them.
     job_configs(grid, settings(tmp_path, cache, "dry"))
     lines.clear()
-    sweep_mod.dry_run(sweep_mod.plan(grid, settings(tmp_path, cache, "dry")), lines.append)
+    dry_run(sweep_plan(grid, settings(tmp_path, cache, "dry")), lines.append)
     assert any(f"none yet in {tmp_path / 'features'}" in l and
                "one feature job would build it before the cells" in l for l in lines), lines
 
@@ -243,7 +247,7 @@ def stamp(text: str) -> datetime:
 def test_slurm_sweep_submits_one_feature_job_and_the_cells_depend_on_it(
         slurm_cluster, mlflow_server, tmp_path, cache):
     name = f"fslurm-{uuid.uuid4().hex[:8]}"
-    feature_name = name + sweep_mod.FEATURE_JOB_SUFFIX
+    feature_name = name + FEATURE_JOB_SUFFIX
     # Submitted to begin in 10 minutes, so the dependency is read back before anything runs.
     args = settings(tmp_path, cache, name, f"track.uri={mlflow_server}", "launch.executor=slurm",
                     f"launch.slurm.partition={slurm_cluster.partition}",

@@ -10,6 +10,10 @@ cell is the base config with that cell's values as overrides, validated like any
 named by its config hash, so the same settings always get the same name. Every cell is checked
 before anything is queued; a grid key that does not exist, a value of the wrong type, an empty
 list or two cells that resolve to the same config are one-line errors naming the file.
+
+How a reader sees a cell (`label`): its grid values, each key by its last part unless two keys
+share it (`w_body=0.1 w_shape=0.1 type=l1`). The MLflow run names and the report's plots both
+use this rule.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -32,7 +36,7 @@ class Cell:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"{key}={_flow(value)}" for key, value in self.values.items()]
+        return as_overrides(self.values)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,30 @@ class Sweep:
 def _flow(value: Any) -> str:
     """A value as one-line YAML, so the override parses back to the same value."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...")
+
+
+def as_overrides(values: Mapping[str, Any]) -> list[str]:
+    """Dotted key → value as `key=value` overrides that parse back to the same values."""
+    return [f"{key}={_flow(value)}" for key, value in values.items()]
+
+
+def as_text(value: Any) -> str:
+    """A grid value as a reader (and an MLflow tag) sees it: YAML-style booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each key by its last part unless two keys share it (`loss.w_body` → `w_body`)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def label(pairs: Iterable[tuple[str, Any]], keys: Sequence[str]) -> str:
+    """`w_body=0.1 type=l1`: grid values named by `short_names(keys)` ('' for none)."""
+    names = short_names(keys)
+    return " ".join(f"{names[k]}={as_text(v)}" for k, v in pairs)
 
 
 def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Sweep:
@@ -64,9 +92,8 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Sweep:
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        overrides_ = [f"{key}={_flow(value)}" for key, value in values.items()]
         try:
-            cfg = with_overrides(base, overrides_)
+            cfg = with_overrides(base, as_overrides(values))
         except ConfigError as exc:
             raise ConfigError(f"{source}: grid: {exc}") from None
         name = config_hash(cfg)

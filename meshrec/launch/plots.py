@@ -1,5 +1,5 @@
 """A sweep's report plots, from plain data: the grid (key → values), each cell's grid values and
-its metric (NaN: no result yet). No MLflow here: `meshrec.launch.sweep.report` logs the files.
+its metric (NaN: no result yet). No MLflow here: `meshrec.launch.report.report` logs the files.
 
 - `<metric>_vs_<key>.png`: the metric against one key. A line joins finished cells that differ in
   that key alone (`partner_groups`); a cell without such a partner is a lone point, counted in
@@ -31,6 +31,7 @@ from matplotlib.scale import SymmetricalLogTransform
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from meshrec.errors import MeshrecError
+from meshrec.launch.grid import as_text, label, short_names
 
 PARALLEL_FILE = "parallel_coordinates.png"
 # symlog: [0, linthresh] as wide as one decade (matplotlib widens the linear part by linscale /
@@ -51,7 +52,7 @@ class Scale:
         if self.kind == "log":
             return " (log scale)"
         if self.kind == "symlog":
-            return f" (log scale, linear below {_text(self.linthresh)})"
+            return f" (log scale, linear below {as_text(self.linthresh)})"
         return ""
 
 
@@ -59,12 +60,6 @@ class Scale:
 class Group:
     others: tuple[tuple[str, Any], ...]  # the other keys and the values its cells share
     members: tuple[int, ...]             # indices into the cells, in the grid's order of the key
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _numeric(value: Any) -> bool:
@@ -91,18 +86,12 @@ def axis_scale(values: Sequence[Any]) -> Scale:
     return Scale("symlog", min(nonzero))  # its own type: "linear below 1", as the tick says
 
 
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Each key by its last part unless two keys share it (`loss.w_body` → `w_body`)."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
-
-
 def _index(grid: Mapping[str, Sequence[Any]], key: str, value: Any) -> int:
     """Position of a cell's value in the grid's list (True is not 1 here)."""
     for i, v in enumerate(grid[key]):
         if isinstance(v, bool) == isinstance(value, bool) and v == value:
             return i
-    raise MeshrecError(f"grid.{key}: a cell has {_text(value)!r}, not one of the grid's values")
+    raise MeshrecError(f"grid.{key}: a cell has {as_text(value)!r}, not one of the grid's values")
 
 
 def _check(grid: Mapping[str, Sequence[Any]], cells: Sequence[Mapping[str, Any]],
@@ -145,8 +134,7 @@ def partner_groups(grid: Mapping[str, Sequence[Any]], cells: Sequence[Mapping[st
 
 def _label(grid: Mapping[str, Sequence[Any]], values: Mapping[str, Any] | Sequence[tuple]) -> str:
     pairs = values.items() if isinstance(values, Mapping) else values
-    names = short_names(list(grid))
-    return " ".join(f"{names[k]}={_text(v)}" for k, v in pairs) or "(no other key)"
+    return label(pairs, list(grid)) or "(no other key)"
 
 
 def _finished(scores: Sequence[float]) -> list[int]:
@@ -157,14 +145,14 @@ def _set_axis(ax: Any, grid: Mapping[str, Sequence[Any]], key: str, scale: Scale
     values = grid[key]
     name = short_names(list(grid))[key]
     if scale.kind == "categorical":
-        ax.set_xticks(range(len(values)), [_text(v) for v in values])
+        ax.set_xticks(range(len(values)), [as_text(v) for v in values])
         ax.set_xlim(-0.5, len(values) - 0.5)
     else:
         if scale.kind == "symlog":
             ax.set_xscale("symlog", linthresh=scale.linthresh, linscale=LINSCALE)
         elif scale.kind == "log":
             ax.set_xscale("log")
-        ax.set_xticks(list(values), [_text(v) for v in values])  # every grid value, 0 included
+        ax.set_xticks(list(values), [as_text(v) for v in values])  # every grid value, 0 included
         ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(f"{name}{scale.note}")
 
@@ -261,7 +249,7 @@ def parallel_plot(grid: Mapping[str, Sequence[Any]], cells: Sequence[Mapping[str
     for x, k in enumerate(keys):
         ax.axvline(x, color="0.55", lw=1, zorder=1)
         for v, y in zip(grid[k], at[k]):
-            ax.text(x - 0.04, y, _text(v), ha="right", va="center", fontsize=7, zorder=4,
+            ax.text(x - 0.04, y, as_text(v), ha="right", va="center", fontsize=7, zorder=4,
                     bbox=_LABEL_BOX)  # readable over the lines
     ax.axvline(len(keys), color="0.55", lw=1, zorder=1)
     ticks = [t for t in MaxNLocator(5).tick_values(lo, hi) if lo <= t <= hi] if span else [lo]
@@ -274,7 +262,7 @@ def parallel_plot(grid: Mapping[str, Sequence[Any]], cells: Sequence[Mapping[str
     ax.add_collection(lc)
     fig.colorbar(lc, ax=ax, label=f"best {metric} (lower is better)", pad=0.02)
     if done:
-        best = min(done, key=lambda i: scores[i])  # the first of equals, like sweep.best_row
+        best = min(done, key=lambda i: scores[i])  # the first of equals, like report.best_row
         xs, bys = zip(*coords(best))
         ax.plot(xs, bys, "-o", color="red", lw=3, ms=5, zorder=3, gid="best",
                 label=f"best: {_label(grid, cells[best])}  {metric}={scores[best]:.4g}")

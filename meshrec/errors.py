@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -11,7 +12,8 @@ class MeshrecError(Exception):
 
 
 def report_errors(prog: str, run: Callable[[], int | None], *, on_interrupt: str = "interrupted") -> int:
-    """Run a command body; a MeshrecError becomes one stderr line (exit 2), Ctrl-C exit 130."""
+    """Run a command body; a MeshrecError becomes one stderr line (exit 2), Ctrl-C exit 130, a
+    closed output pipe exit 0."""
     try:
         return int(run() or 0)
     except MeshrecError as exc:
@@ -20,3 +22,6 @@ def report_errors(prog: str, run: Callable[[], int | None], *, on_interrupt: str
     except KeyboardInterrupt:
         print(f"{prog}: {on_interrupt}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -16,8 +16,10 @@ import torch
 
 from meshrec.body import h36m, mirror
 from meshrec.config import Config, with_overrides
-from meshrec.data import augment, build_loader, labels, shardset, split
+from meshrec.data import augment, build_loader, labels, shardset
 from meshrec.data.augment import Aug
+from meshrec.data.split import (batch_rows, batches_per_epoch, epoch_order, rank_batch,
+                                rank_samples)
 from meshrec.errors import MeshrecError
 from meshrec.shards.pack import PackConfig, pack
 from meshrec.shards.verify import verify
@@ -135,12 +137,12 @@ def test_split_rule_steps_ranks_together_and_covers_evaluation_exactly_once():
         for world in (1, 2, 3, 4):
             for batch in (1, 3, 4, 11):
                 for train in (True, False):
-                    order, _ = split.epoch_order(n, 7, 2, shuffle=train)
-                    count = split.batches_per_epoch(n, world, batch, train)
-                    rows = [[order[split.batch_rows(n, r, world, batch, b)] for b in range(count)]
+                    order, _ = epoch_order(n, 7, 2, shuffle=train)
+                    count = batches_per_epoch(n, world, batch, train)
+                    rows = [[order[batch_rows(n, r, world, batch, b)] for b in range(count)]
                             for r in range(world)]
                     taken = [np.concatenate(r) if r else np.zeros(0, int) for r in rows]
-                    assert [len(t) for t in taken] == [split.rank_samples(n, r, world, batch, train)
+                    assert [len(t) for t in taken] == [rank_samples(n, r, world, batch, train)
                                                       for r in range(world)]
                     every = np.concatenate(taken)
                     assert len(set(every.tolist())) == len(every)  # ranks are disjoint
@@ -148,13 +150,13 @@ def test_split_rule_steps_ranks_together_and_covers_evaluation_exactly_once():
                         assert all(len(b) == batch for r in rows for b in r)
                     else:
                         assert sorted(every.tolist()) == list(range(n))
-    order, rng = split.epoch_order(10, 7, 2, shuffle=True)
-    again, rng2 = split.epoch_order(10, 7, 2, shuffle=True)
+    order, rng = epoch_order(10, 7, 2, shuffle=True)
+    again, rng2 = epoch_order(10, 7, 2, shuffle=True)
     assert np.array_equal(order, again) and rng.random() == rng2.random()
-    assert not np.array_equal(order, split.epoch_order(10, 7, 3, shuffle=True)[0])
-    assert np.array_equal(split.epoch_order(10, 7, 2, shuffle=False)[0], np.arange(10))
+    assert not np.array_equal(order, epoch_order(10, 7, 3, shuffle=True)[0])
+    assert np.array_equal(epoch_order(10, 7, 2, shuffle=False)[0], np.arange(10))
     with pytest.raises(MeshrecError, match="does not split evenly over 3 ranks"):
-        split.rank_batch(8, 3, "data.batch_size")
+        rank_batch(8, 3, "data.batch_size")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,9 +8,9 @@ import torch
 
 from meshrec.config import Config
 from meshrec.data import shardset
-from meshrec.data.split import rank_batch, rank_samples
 from meshrec.data.batch import Batch, LabelLayout
 from meshrec.data.labels import Pelvis
+from meshrec.data.split import rank_batch, rank_samples
 from meshrec.shards import manifest as shard_manifest
 from meshrec.errors import MeshrecError
 

@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the forkserver too
 
 from meshrec.config import Config
-from meshrec.data import augment, split
+from meshrec.data import augment
 from meshrec.data.batch import Batch, LabelLayout, finish
 from meshrec.data.shardset import SampleRef, Shard, all_samples, read_member
+from meshrec.data.split import batch_rows, batches_per_epoch, epoch_order
 from meshrec.errors import MeshrecError
 
 Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
@@ -40,7 +41,7 @@ Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
 
 def epoch_plan(n: int, seed: int, epoch: int, train: bool, cfg_aug: Any) -> tuple[np.ndarray, np.ndarray]:
     """(order of sample numbers, (n, 8) augmentation numbers in that order) of one epoch."""
-    order, rng = split.epoch_order(n, seed, epoch, shuffle=train)
+    order, rng = epoch_order(n, seed, epoch, shuffle=train)
     if not train:
         return order, np.tile(augment.IDENTITY, (n, 1))
     return order, augment.draw(rng, n, cfg_aug)
@@ -122,7 +123,7 @@ class TorchLoader:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.label_layout = labels
         self.dataset = ShardSamples(shards, all_samples(shards), cfg.data.image_size, labels.members)
-        self.batches = split.batches_per_epoch(len(self.dataset), world_size, batch_size, train)
+        self.batches = batches_per_epoch(len(self.dataset), world_size, batch_size, train)
         self.epoch, self.position = 0, 0  # next batch to yield
         if state is not None:
             if state.get("backend") != "torch":
@@ -144,7 +145,7 @@ class TorchLoader:
                                     self.cfg.data.augment)
         out = []
         for b in range(self.batches):
-            rows = split.batch_rows(len(order), self.rank, self.world_size, self.batch_size, b)
+            rows = batch_rows(len(order), self.rank, self.world_size, self.batch_size, b)
             out.append([(int(order[i]), tuple(float(x) for x in numbers[i]))
                         for i in range(rows.start, rows.stop)])
         return out

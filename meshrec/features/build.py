@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshrec.features import cache as fc
 from meshrec.config import Config, with_overrides
 from meshrec.errors import MeshrecError
+from meshrec.features import cache as fc
 from meshrec.fileio import atomic_open, save_npz
 from meshrec.precision import amp_dtype, autocast
 

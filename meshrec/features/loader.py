@@ -19,12 +19,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from meshrec.features import cache as fc
 from meshrec.config import Config
-from meshrec.data import split
 from meshrec.data.augment import Aug
 from meshrec.data.batch import Batch
+from meshrec.data.split import batch_rows, batches_per_epoch, epoch_order, rank_samples
 from meshrec.errors import MeshrecError
+from meshrec.features import cache as fc
 
 
 def shard_keys(cfg: Config, subjects: tuple[str, ...]) -> list[str]:
@@ -74,8 +74,8 @@ class FeatureLoader:
         self.seed, self.batch_size = cfg.data.seed, batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
         n = min(counts)
-        self.batches = split.batches_per_epoch(n, world_size, batch_size, self.train)
-        self.samples = split.rank_samples(n, rank, world_size, batch_size, self.train)
+        self.batches = batches_per_epoch(n, world_size, batch_size, self.train)
+        self.samples = rank_samples(n, rank, world_size, batch_size, self.train)
         self.epoch, self.position = 0, 0
         if state is not None:
             if state.get("backend") != "features":
@@ -88,15 +88,15 @@ class FeatureLoader:
 
     def _order(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         data = self.data[epoch % len(self.data)]
-        return data, split.epoch_order(len(data["key"]), self.seed, epoch, self.train)[0]
+        return data, epoch_order(len(data["key"]), self.seed, epoch, self.train)[0]
 
     def __iter__(self) -> Iterator[Batch]:
         if self.position >= self.batches:  # a state saved at the very end of an epoch
             self.epoch, self.position = self.epoch + 1, 0
         data, order = self._order(self.epoch)
         while self.position < self.batches:
-            rows = split.batch_rows(len(order), self.rank, self.world_size, self.batch_size,
-                                    self.position)
+            rows = batch_rows(len(order), self.rank, self.world_size, self.batch_size,
+                              self.position)
             self.position += 1
             yield self._batch(data, order[rows])
         self.epoch, self.position = self.epoch + 1, 0

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from meshrec.config import Config, with_overrides  # noqa: E402
 from meshrec.data import build_loader, shardset  # noqa: E402
 from meshrec.model.encoder import build_encoder  # noqa: E402
-from meshrec.train.loop import amp_dtype  # noqa: E402
+from meshrec.precision import amp_dtype, autocast  # noqa: E402
 from loader import BATCH, SIZE, Meter, packed_shards  # noqa: E402  (bench/loader.py)
 from pack import SUBJECTS  # noqa: E402  (bench/pack.py)
 import headline
@@ -84,7 +84,7 @@ class EncoderRate:
 
     def __iter__(self):
         while True:
-            with torch.autocast(self.image.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with autocast(self.image.device, self.amp):
                 out = self.encoder(self.image)
             if self.backward:
                 out.float().sum().backward()
@@ -100,7 +100,7 @@ class Fed:
     def __iter__(self):
         for batch in self.loader:
             image = batch["image"].contiguous(memory_format=torch.channels_last)
-            with torch.autocast(image.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with autocast(image.device, self.amp):
                 self.encoder(image)
             yield {"image": range(len(image))}
 

@@ -142,7 +142,7 @@ def calibrate(cfg, path: Path, batches: int = 2) -> float:
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
     """Generate the data and the encoder weights (not timed); return the grid file and the
     feature cache directory."""
-    from meshrec import features
+    from meshrec.features import cache as features
     from meshrec.config import with_overrides
     from meshrec.data.demo import with_shards
     from meshrec.launch.grid import load_sweep

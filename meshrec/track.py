@@ -37,6 +37,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from meshrec.mapping import flatten
+
 log = logging.getLogger("meshrec.track")
 
 DONE_TAG = "meshrec.done"
@@ -86,14 +88,8 @@ def limit_http() -> None:
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping → dotted keys with text values within MLflow's length limit."""
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_params(value, name + "."))
-        else:
-            out[name] = _clip(_text(value), MAX_PARAM_LEN)
-    return out
+    return {key: _clip(_text(value), MAX_PARAM_LEN)
+            for key, value in flatten(params, prefix).items()}
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ def test_configured_file_is_used_and_named(tmp_path, standin_file):
 # --- the Human3.6M joint regressor ---------------------------------------------------------------
 
 def test_standin_h36m_regressor_generated_once_beside_the_model(tmp_path, standin_file, standin_model):
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
 
     cfg = load_config(overrides=[f"body.cache_dir={tmp_path}"])
     load.standin_path(cfg.body).write_bytes(standin_file.read_bytes())  # the model, pre-cached
@@ -80,7 +80,7 @@ def test_configured_regressor_is_used_and_bad_ones_refused(tmp_path, standin_fil
 
 
 def test_cli_standin_writes_the_regressor_beside_the_model(tmp_path, standin_file, standin_model, capsys):
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
     from meshrec.cli import main
 
     assert main(["body", "standin", str(tmp_path / "body.npz")]) == 0

@@ -217,7 +217,7 @@ def _regressor(seed: int, frozen: bool = True):
 
 
 def test_frozen_encoder_is_not_stored_but_checked_on_load(tmp_path):
-    from meshrec.features import state_sha256
+    from meshrec.model.hashing import state_sha256
     from meshrec.train.checkpoint import load_model_state, model_state
 
     trained = _regressor(seed=0)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshrec import features as fc
 from meshrec.errors import MeshrecError
+from meshrec.features import cache as fc
+from meshrec.model.hashing import encoder_sha256
 from tests.test_train import ROOT, cache, tiny, tiny_args  # noqa: F401  (session fixture)
 
 FROZEN = ("model.freeze_encoder=true", "data.augment.enabled=false", "data.train_subjects=[S1,S5]")
@@ -36,7 +37,7 @@ def test_cache_covers_every_crop_once_with_the_labels_of_the_shards(cache, tmp_p
     assert fc.check(cfg) is None
     manifest = fc.read_manifest(root)
     assert manifest["views"] == [fc.CENTRE]
-    assert manifest["identity"]["encoder_sha256"] == fc.encoder_sha256(cfg)
+    assert manifest["identity"]["encoder_sha256"] == encoder_sha256(cfg)
     with np.load(root / fc.PARTS / manifest["parts"][0]["file"]) as z:
         keys, feats = list(z["key"]), z["features"]
         stored = {name: z[name] for name in fc.LABELS}

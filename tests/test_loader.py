@@ -18,6 +18,8 @@ from meshrec.body import h36m, mirror
 from meshrec.config import Config, with_overrides
 from meshrec.data import augment, build_loader, labels, shardset
 from meshrec.data.augment import Aug
+from meshrec.data.split import (batch_rows, batches_per_epoch, epoch_order, rank_batch,
+                                rank_samples)
 from meshrec.errors import MeshrecError
 from meshrec.shards.pack import PackConfig, pack
 from meshrec.shards.verify import verify
@@ -127,6 +129,34 @@ def test_eval_batches_shapes_normalisation_and_labels_match_the_source(shards, s
             kp = expected_kp2d(row, 96)
             kp[:, :2] = (kp[:, :2] + 0.5 - 48) / k + size / 2 - 0.5
             assert np.allclose(b["kp2d"][i].numpy(), kp, atol=1e-4)
+
+
+def test_split_rule_steps_ranks_together_and_covers_evaluation_exactly_once():
+    """meshrec.data.split alone, over many sizes: what the torch and feature loaders rely on."""
+    for n in (1, 5, 23, 47, 100):
+        for world in (1, 2, 3, 4):
+            for batch in (1, 3, 4, 11):
+                for train in (True, False):
+                    order, _ = epoch_order(n, 7, 2, shuffle=train)
+                    count = batches_per_epoch(n, world, batch, train)
+                    rows = [[order[batch_rows(n, r, world, batch, b)] for b in range(count)]
+                            for r in range(world)]
+                    taken = [np.concatenate(r) if r else np.zeros(0, int) for r in rows]
+                    assert [len(t) for t in taken] == [rank_samples(n, r, world, batch, train)
+                                                      for r in range(world)]
+                    every = np.concatenate(taken)
+                    assert len(set(every.tolist())) == len(every)  # ranks are disjoint
+                    if train:
+                        assert all(len(b) == batch for r in rows for b in r)
+                    else:
+                        assert sorted(every.tolist()) == list(range(n))
+    order, rng = epoch_order(10, 7, 2, shuffle=True)
+    again, rng2 = epoch_order(10, 7, 2, shuffle=True)
+    assert np.array_equal(order, again) and rng.random() == rng2.random()
+    assert not np.array_equal(order, epoch_order(10, 7, 3, shuffle=True)[0])
+    assert np.array_equal(epoch_order(10, 7, 2, shuffle=False)[0], np.arange(10))
+    with pytest.raises(MeshrecError, match="does not split evenly over 3 ranks"):
+        rank_batch(8, 3, "data.batch_size")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

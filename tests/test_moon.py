@@ -209,7 +209,7 @@ def test_spin_joints_and_neuralannot_fits_mixed_in_one_pack_train_together(
         synth, standin_file, standin_model, tmp_path):
     """SPIN's joints-only file for S1 and Moon's release with fits for S9, packed into one
     directory: the manifest says which subject carries which labels, and a run trains on both."""
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
     from meshrec.config import load_config
     from meshrec.synth.settings import Settings
     from meshrec.synth.writer import synthesize

@@ -236,7 +236,7 @@ def _path_graph(n: int):
 
 
 def test_separate_siblings_puts_the_bone_between_them_in_between():
-    from meshrec.body import standin_rig as rig
+    from meshrec.body.standin import rig
 
     A = _path_graph(8)
     # spine2 (6) against the left collar (13): both are next to spine3 (9), not to each other
@@ -251,7 +251,7 @@ def test_separate_siblings_puts_the_bone_between_them_in_between():
 
 
 def test_restrict_to_star_keeps_the_heaviest_star():
-    from meshrec.body import standin_rig as rig
+    from meshrec.body.standin import rig
 
     W = np.zeros((2, 24))
     W[0, [3, 6, 9, 13]] = [0.3, 0.3, 0.3, 0.1]      # star of 6 {3, 6, 9} holds 0.9

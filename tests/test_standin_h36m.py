@@ -9,7 +9,7 @@ import torch
 from meshrec.body import h36m
 from meshrec.body.params import JOINT_NAMES
 from meshrec.body.smpl import BodyModel
-from meshrec.body.standin_h36m import h36m_regressor
+from meshrec.body.standin.h36m import h36m_regressor
 
 # The 13 joints SMPL has too ("head" is not one: H36M's is up on the skull, SMPL's at its base).
 SAME_NAME = [n for n in h36m.NAMES if n in JOINT_NAMES and n != "head"]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from meshrec import features
+from meshrec.features import cache as features
 from meshrec.config import with_overrides
 from meshrec.errors import MeshrecError
 from meshrec.launch import feature_job

@@ -269,7 +269,7 @@ def _mocap_check(data: dict[str, np.ndarray], body_arrays: dict, regressor: np.n
 
 
 def test_mocap_joints_are_the_regressed_mesh_plus_marker_noise(run_dir, body_arrays):
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
 
     bound = 2 * generate.MARKER_CLIP * generate.MARKER_NOISE_M + 1e-4  # a joint's and the pelvis's
     for split in ("train", "valid"):

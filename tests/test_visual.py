@@ -138,7 +138,7 @@ def test_bones_join_the_17_joints_into_one_mirror_symmetric_tree():
 @pytest.fixture(scope="module")
 def body(standin_model):
     from meshrec.body.smpl import BodyModel
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
 
     return SimpleNamespace(model=BodyModel(standin_model),
                            regressor=torch.as_tensor(h36m_regressor(standin_model),

@@ -29,7 +29,8 @@ def _info(args: argparse.Namespace) -> int:
 def _standin(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from meshrec.body import standin, standin_h36m
+    from meshrec.body import standin
+    from meshrec.body.standin import h36m as standin_h36m
     from meshrec.body.load import write_npy
     from meshrec.fileio import save_npz
 

@@ -67,7 +67,7 @@ def h36m_regressor_path(body: Body) -> Path | None:
     model = resolve_model_path(body)
     path = model.with_suffix(".J_regressor_h36m.npy")   # standin-v{VERSION}-seed{S}.J_regressor_h36m.npy
     if not path.is_file():
-        from meshrec.body import standin_h36m
+        from meshrec.body.standin import h36m as standin_h36m
         from meshrec.body.model_file import load_arrays
 
         log.info("generating the stand-in's Human3.6M joint regressor at %s", path)

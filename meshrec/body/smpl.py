@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from meshrec.body import params as layout
 from meshrec.body.rotations import axis_angle_to_matrix
 from meshrec.errors import MeshrecError
+from meshrec.precision import autocast
 
 KINDS = ("smpl", "standin")
 # smplx prints this for every model with fewer than 300 shape directions; meshrec uses 10 by design.
@@ -208,7 +209,7 @@ class BodyModel(nn.Module):
         """params [B, 82] (orient | body pose | betas) or [B, 85] (+ transl), axis-angle."""
         if params.dim() != 2:
             raise MeshrecError(f"BodyModel expects params [B, P]; got shape {tuple(params.shape)}")
-        with torch.autocast(device_type=params.device.type, enabled=False):
+        with autocast(params.device):  # float32
             parts = layout.split(params.float())
             if self.fast is not None:
                 pose = torch.cat([parts["global_orient"], parts["body_pose"]], dim=-1)
@@ -222,7 +223,7 @@ class BodyModel(nn.Module):
                        transl: Tensor | None = None) -> BodyOutput:
         """Rotation matrices instead of axis-angle (for 6D heads): [B,1,3,3], [B,23,3,3], [B,10]."""
         batch = betas.shape[0]
-        with torch.autocast(device_type=betas.device.type, enabled=False):
+        with autocast(betas.device):  # float32
             go = global_rotmat.float().reshape(batch, 1, 3, 3)
             bp = body_rotmat.float().reshape(batch, layout.NUM_JOINTS - 1, 3, 3)
             if self.fast is not None:

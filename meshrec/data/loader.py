@@ -10,6 +10,7 @@ from meshrec.config import Config
 from meshrec.data import shardset
 from meshrec.data.batch import Batch, LabelLayout
 from meshrec.data.labels import Pelvis
+from meshrec.data.split import rank_batch, rank_samples
 from meshrec.shards import manifest as shard_manifest
 from meshrec.errors import MeshrecError
 
@@ -21,25 +22,6 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterable[Batch]: ...
     def state_dict(self) -> dict: ...
-
-
-def shares(n: int, world_size: int) -> list[tuple[int, int]]:
-    """[begin, end) of each rank's contiguous share of n samples (DALI's split)."""
-    return [(r * n // world_size, (r + 1) * n // world_size) for r in range(world_size)]
-
-
-def rank_samples(n: int, rank: int, world_size: int, batch: int, train: bool) -> int:
-    """Samples `rank` yields per epoch: full batches of the smallest share when training (the
-    rest is dropped), its whole share when evaluating."""
-    sizes = [end - begin for begin, end in shares(n, world_size)]
-    return min(sizes) // batch * batch if train else sizes[rank]
-
-
-def rank_batch(global_batch: int, world_size: int, what: str) -> int:
-    """Per-rank batch of a global batch; it must split evenly so every rank steps together."""
-    if global_batch % world_size:
-        raise MeshrecError(f"{what} {global_batch} does not split evenly over {world_size} ranks")
-    return global_batch // world_size
 
 
 def body_pelvis(cfg: Config) -> Pelvis:

@@ -6,12 +6,10 @@ rather than by webdataset's streaming reader: that gives what a streaming reader
 without resampling — an exact split of every sample over ranks, a global shuffle, and
 resuming mid-epoch without decoding the skipped samples.
 
-Per epoch `e` (train): one permutation of all samples and one table of augmentation numbers
-(`augment.draw`), both from `data.seed` and `e` only, so every rank agrees on the order and a
-resumed run recomputes them. Rank `r` takes the contiguous share [⌊rN/W⌋, ⌊(r+1)N/W⌋) of the
-order (as DALI shards) and yields ⌊smallest share / batch⌋ batches; val/test are unshuffled,
-unaugmented and yield ⌈largest share / batch⌉ batches on every rank (the last short or empty),
-so all ranks together see every sample exactly once.
+Order, rank shares and batch counts follow meshrec.data.split (the feature loader follows the
+same rule). Per training epoch `e` the generator that drew the order (from `data.seed` and `e`
+only) then draws the epoch's table of augmentation numbers (`augment.draw`), so every rank
+agrees on them and a resumed run recomputes them; val/test are unaugmented.
 
 Workers decode (torchvision's libjpeg-turbo) and warp to uint8; normalisation runs once per
 batch in the main process (shipping uint8 between processes is 4× cheaper than float32). A
@@ -22,7 +20,6 @@ JPEG that does not decode is skipped: it is left out of its batch, listed in the
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing
 import warnings
 from typing import Any, Iterator, Sequence
@@ -35,8 +32,8 @@ from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the f
 from meshrec.config import Config
 from meshrec.data import augment
 from meshrec.data.batch import Batch, LabelLayout, finish
-from meshrec.data.loader import shares
 from meshrec.data.shardset import SampleRef, Shard, all_samples, read_member
+from meshrec.data.split import batch_rows, batches_per_epoch, epoch_order
 from meshrec.errors import MeshrecError
 
 Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
@@ -44,10 +41,9 @@ Item = tuple[int, tuple[float, ...]]  # (sample number, augmentation numbers)
 
 def epoch_plan(n: int, seed: int, epoch: int, train: bool, cfg_aug: Any) -> tuple[np.ndarray, np.ndarray]:
     """(order of sample numbers, (n, 8) augmentation numbers in that order) of one epoch."""
+    order, rng = epoch_order(n, seed, epoch, shuffle=train)
     if not train:
-        return np.arange(n), np.tile(augment.IDENTITY, (n, 1))
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n)
+        return order, np.tile(augment.IDENTITY, (n, 1))
     return order, augment.draw(rng, n, cfg_aug)
 
 
@@ -127,9 +123,7 @@ class TorchLoader:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.label_layout = labels
         self.dataset = ShardSamples(shards, all_samples(shards), cfg.data.image_size, labels.members)
-        n = len(self.dataset)
-        sizes = [end - begin for begin, end in shares(n, world_size)]
-        self.batches = min(sizes) // batch_size if train else math.ceil(max(sizes) / batch_size)
+        self.batches = batches_per_epoch(len(self.dataset), world_size, batch_size, train)
         self.epoch, self.position = 0, 0  # next batch to yield
         if state is not None:
             if state.get("backend") != "torch":
@@ -149,12 +143,11 @@ class TorchLoader:
         """This rank's batches of `epoch`: lists of (sample number, augmentation numbers)."""
         order, numbers = epoch_plan(len(self.dataset), self.cfg.data.seed, epoch, self.train,
                                     self.cfg.data.augment)
-        begin, end = shares(len(order), self.world_size)[self.rank]
         out = []
         for b in range(self.batches):
-            lo, hi = begin + b * self.batch_size, min(begin + (b + 1) * self.batch_size, end)
+            rows = batch_rows(len(order), self.rank, self.world_size, self.batch_size, b)
             out.append([(int(order[i]), tuple(float(x) for x in numbers[i]))
-                        for i in range(lo, max(lo, hi))])
+                        for i in range(rows.start, rows.stop)])
         return out
 
     def __iter__(self) -> Iterator[Batch]:

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshrec import features as fc
 from meshrec.config import Config, with_overrides
 from meshrec.errors import MeshrecError
+from meshrec.features import cache as fc
 from meshrec.fileio import atomic_open, save_npz
+from meshrec.precision import amp_dtype, autocast
 
 log = logging.getLogger("meshrec.features")
 
@@ -52,8 +53,7 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
             image = batch["image"]
             if image.is_cuda:
                 image = image.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(image.device.type, dtype=amp or torch.float32,
-                                                 enabled=amp is not None):
+            with torch.no_grad(), autocast(image.device, amp):
                 feats = encoder(image)
             half = feats.to(torch.float16)
             if not torch.isfinite(half).all():
@@ -75,9 +75,10 @@ def _encode(encoder, loader, amp, epochs: int, bar) -> list[dict[str, np.ndarray
 def build_features(cfg: Config, env: Any, force: bool = False) -> Path:
     """Write the cache of `cfg` (data.shards resolved) with every rank of `env`; return its dir."""
     from meshrec.model import build_model
+    from meshrec.model.hashing import state_sha256
+    from meshrec.model.mean import resolve_mean_params
     from meshrec.shards import manifest as shard_manifest
     from meshrec.train import dist
-    from meshrec.train.loop import amp_dtype, resolve_mean_params
 
     if not cfg.model.freeze_encoder:
         raise MeshrecError("features: model.freeze_encoder is false: a trained encoder's "
@@ -91,7 +92,7 @@ def build_features(cfg: Config, env: Any, force: bool = False) -> Path:
     encoder = build_model(cfg, mean).encoder.to(env.device)
     if env.device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
-    if fc.state_sha256(encoder) != ident["encoder_sha256"]:
+    if state_sha256(encoder) != ident["encoder_sha256"]:
         raise MeshrecError("features: the encoder built for the cache differs from the one a run "
                            "builds (weights changed while building?)")
     amp = amp_dtype(cfg.train.amp, env.device)

@@ -8,7 +8,7 @@ import argparse
 def _features(args: argparse.Namespace) -> int:
     import json
 
-    from meshrec import features as fc
+    from meshrec.features import cache as fc
     from meshrec.config import load_config, to_dict
     from meshrec.data.demo import with_shards
     from meshrec.errors import MeshrecError

@@ -1,11 +1,11 @@
 """Batches from a feature cache, with the image loaders' rules (meshrec.data.torch_loader):
 
-train  epoch e reads view e mod K (the centre crops when not augmenting), in the torch
-       loader's order (shard order, then its permutation from `data.seed` and e: without
-       augmentation a run from the cache steps through the same batches as one from images); rank r takes the contiguous share [⌊rN/W⌋, ⌊(r+1)N/W⌋) and yields
-       ⌊smallest share / batch⌋ batches. State = (epoch, batches done): mid-epoch resume.
-val/test  the centre view in shard order, unshuffled; ⌈largest share / batch⌉ batches on every
-       rank (the last short or empty), every sample exactly once over all ranks.
+train  epoch e reads view e mod K (the centre crops when not augmenting). Samples are in shard
+       order, the image loaders' own; the epoch's order, each rank's share and the batch count
+       come from meshrec.data.split, as the torch loader's do: without augmentation a run from
+       the cache steps through the same batches as one from images. State = (epoch, batches
+       done): mid-epoch resume.
+val/test  the centre view in shard order, unshuffled, every sample exactly once over all ranks.
 
 Batches are the image loaders' dicts with `features` (float32 [B, D]) in place of `image`. The
 whole cache of the needed views is held in memory (2048 float16 = 4 KB per crop).
@@ -13,19 +13,18 @@ whole cache of the needed views is held in memory (2048 float16 = 4 KB per crop)
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from meshrec import features as fc
 from meshrec.config import Config
 from meshrec.data.augment import Aug
 from meshrec.data.batch import Batch
-from meshrec.data.loader import shares
+from meshrec.data.split import batch_rows, batches_per_epoch, epoch_order, rank_samples
 from meshrec.errors import MeshrecError
+from meshrec.features import cache as fc
 
 
 def shard_keys(cfg: Config, subjects: tuple[str, ...]) -> list[str]:
@@ -75,9 +74,8 @@ class FeatureLoader:
         self.seed, self.batch_size = cfg.data.seed, batch_size
         self.rank, self.world_size, self.device = rank, world_size, device
         n = min(counts)
-        sizes = [end - begin for begin, end in shares(n, world_size)]
-        self.batches = min(sizes) // batch_size if self.train else math.ceil(max(sizes) / batch_size)
-        self.samples = min(sizes) // batch_size * batch_size if self.train else sizes[rank]
+        self.batches = batches_per_epoch(n, world_size, batch_size, self.train)
+        self.samples = rank_samples(n, rank, world_size, batch_size, self.train)
         self.epoch, self.position = 0, 0
         if state is not None:
             if state.get("backend") != "features":
@@ -90,21 +88,17 @@ class FeatureLoader:
 
     def _order(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         data = self.data[epoch % len(self.data)]
-        n = len(data["key"])
-        if not self.train:
-            return data, np.arange(n)
-        return data, np.random.default_rng([self.seed, epoch]).permutation(n)
+        return data, epoch_order(len(data["key"]), self.seed, epoch, self.train)[0]
 
     def __iter__(self) -> Iterator[Batch]:
         if self.position >= self.batches:  # a state saved at the very end of an epoch
             self.epoch, self.position = self.epoch + 1, 0
         data, order = self._order(self.epoch)
-        begin, end = shares(len(order), self.world_size)[self.rank]
         while self.position < self.batches:
-            lo = begin + self.position * self.batch_size
-            rows = order[lo:max(lo, min(lo + self.batch_size, end))]
+            rows = batch_rows(len(order), self.rank, self.world_size, self.batch_size,
+                              self.position)
             self.position += 1
-            yield self._batch(data, rows)
+            yield self._batch(data, order[rows])
         self.epoch, self.position = self.epoch + 1, 0
 
     def _batch(self, data: dict[str, np.ndarray], rows: np.ndarray) -> Batch:

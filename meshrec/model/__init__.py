@@ -51,7 +51,8 @@ def _mean_for(cfg: Config, mean_params: np.ndarray) -> np.ndarray:
     with_transl = layout.has_transl(mean)
     if cfg.model.predict_translation and not with_transl:
         raise MeshrecError("model.predict_translation is true but the data carries no "
-                           "translation (mean parameters have 82 entries, not 85)")
+                           f"translation (mean parameters have {layout.SIZE} entries, not "
+                           f"{layout.SIZE_WITH_TRANSL})")
     if not np.isfinite(mean).all():
         raise MeshrecError("mean parameters contain NaN or Inf")
     return mean if cfg.model.predict_translation else mean[: layout.SIZE]

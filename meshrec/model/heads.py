@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from meshrec.body import params as layout
 from meshrec.body.rotations import axis_angle_to_rot6d, matrix_to_axis_angle, rot6d_to_matrix
 from meshrec.errors import MeshrecError
+from meshrec.precision import autocast
 
 POSE_REPRS = ("axis_angle", "6d")
 _POSE6D = 6 * layout.NUM_JOINTS  # 144
@@ -55,7 +56,7 @@ def _from_internal(psi: Tensor, pose_repr: str) -> tuple[Tensor, Tensor | None, 
     psi, camera = psi[:, :-CAMERA], psi[:, -CAMERA:]
     if pose_repr == "axis_angle":
         return psi, None, camera
-    with torch.autocast(device_type=psi.device.type, enabled=False):
+    with autocast(psi.device):  # float32
         psi = psi.float()
         rotmat = rot6d_to_matrix(psi[:, :_POSE6D].reshape(-1, layout.NUM_JOINTS, 6))
         pose = matrix_to_axis_angle(rotmat).reshape(psi.shape[0], -1)

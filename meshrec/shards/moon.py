@@ -252,7 +252,7 @@ def load_subject(folder: str, subject: str, selection: Selection,
             if int(i["frame_idx"]) % selection.every == 0 and int(i["cam_idx"]) in selection.cameras]
     n = len(rows)
     world = np.zeros((n, h36m.NUM_JOINTS, 3))
-    fit_vec = np.zeros((n, 85))
+    fit_vec = np.zeros((n, layout.SIZE_WITH_TRANSL))
     has_smpl = np.zeros(n, dtype=bool)
     problem = np.full(n, "", dtype=object)
     center, scale = np.zeros((n, 2)), np.ones(n)
@@ -279,7 +279,7 @@ def load_subject(folder: str, subject: str, selection: Selection,
     R, t, f, c = (np.array([k[name] for k in cam]).reshape((n,) + shape)
                   for name, shape in (("R", (3, 3)), ("t", (3,)), ("f", (2,)), ("c", (2,))))
     j3d, kp2d = camera_joints(world, R, t, f, c)
-    pose, betas, trans = fit_vec[:, :72], fit_vec[:, 72:82], fit_vec[:, 82:85]
+    pose, betas, trans = fit_vec[:, layout.POSE], fit_vec[:, layout.BETAS], fit_vec[:, layout.TRANSL]
     pelvis = rest_pelvis(arrays, betas)
     _check_pelvis(pelvis + trans, world[:, h36m.PELVIS] / 1000.0, has_smpl & (problem == ""), fits_path)
     params = camera_params(pose, betas, trans, R, t, pelvis)

@@ -65,7 +65,7 @@ class Body:
     region, the (17, V) Human3.6M joint regressor (None: the stand-in's, built for this body)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], regressor: np.ndarray | None = None) -> None:
-        from meshrec.body.standin_h36m import h36m_regressor
+        from meshrec.body.standin.h36m import h36m_regressor
 
         self.model = BodyModel(arrays)
         self.h36m = np.asarray(h36m_regressor(arrays) if regressor is None else regressor,

@@ -303,7 +303,7 @@ def synthesize(out_dir: str | os.PathLike, subjects: list[str], settings: Settin
 
 def _regressor(arrays: dict[str, np.ndarray], regressor: np.ndarray | None) -> np.ndarray:
     from meshrec.body.load import check_h36m_regressor
-    from meshrec.body.standin_h36m import h36m_regressor
+    from meshrec.body.standin.h36m import h36m_regressor
 
     if regressor is None:
         return h36m_regressor(arrays)

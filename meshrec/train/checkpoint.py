@@ -12,6 +12,11 @@ it must build the same encoder (`model_state`, `load_model_state`).
 
 The loop's state dict carries `checkpoint_meta(cfg)` (the resolved config as a dict and its hash),
 which `check_resume` compares with the config of the run that wants to continue from it.
+
+A training run's checkpoints (last section): `checkpoint_state(run)` is everything the next step
+depends on, `save_run` writes it to OUT/checkpoints on rank 0, `find_resume` picks the file a run
+continues from (train.resume), `restore_run` puts it back, `init_from` loads another run's weights
+to fine-tune.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -31,7 +36,10 @@ import torch
 from meshrec.config import Config, config_hash, to_dict
 from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open
+from meshrec.mapping import flatten
+from meshrec.train.run import Run
 
+CHECKPOINTS = "checkpoints"  # a run's checkpoint directory, in train.output_dir
 LAST = "last.pt"
 _STEP = re.compile(r"step_(\d+)\.pt")
 _PLAIN = (str, bytes, int, float, bool, type(None), torch.Tensor)
@@ -132,7 +140,7 @@ def model_state(core: torch.nn.Module, encoder_sha256: str) -> dict[str, torch.T
 def load_model_state(core: torch.nn.Module, state: Mapping[str, Any], where: str) -> None:
     """Load a checkpoint's weights into `core`; a frozen encoder that the checkpoint does not
     store must be the one `core` was built with (same sha256), else MeshrecError."""
-    from meshrec.features import state_sha256
+    from meshrec.model.hashing import state_sha256
 
     weights = dict(state["model"])
     saved = str(state.get("encoder_sha256") or "")
@@ -185,16 +193,6 @@ def checkpoint_meta(cfg: Config) -> dict[str, Any]:
     return {"config": to_dict(cfg), "config_hash": config_hash(cfg)}
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_resume(state: Mapping[str, Any], cfg: Config, fine_tune: bool) -> None:
     """Refuse to continue a checkpoint made with another config hash, unless fine-tuning."""
     old = state.get("config_hash")
@@ -206,7 +204,7 @@ def check_resume(state: Mapping[str, Any], cfg: Config, fine_tune: bool) -> None
         return
     changed = ""
     if isinstance(state.get("config"), Mapping):
-        then, now = _flat(state["config"]), _flat(to_dict(cfg, hashed_only=True))
+        then, now = flatten(state["config"]), flatten(to_dict(cfg, hashed_only=True))
         keys = [k for k in now if k in then and then[k] != now[k]]
         keys += [k for k in now if k not in then]
         if keys:
@@ -269,3 +267,61 @@ def restore_rng(state: Mapping[str, Any],
         if name not in saved:
             raise MeshrecError(f"checkpoint has no state for random generator {name!r}")
         gen.bit_generator.state = _from_json(json.loads(saved[name]))
+
+
+# ---------------------------------------------------------------- a training run's checkpoints
+
+def checkpoint_state(run: Run) -> dict:
+    """Everything the next step of `run` depends on (the keys every checkpoint has)."""
+    return {"model": model_state(run.core, run.encoder_sha256),
+            "encoder_sha256": run.encoder_sha256, "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
+            "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
+            "trained_s": run.training_seconds(), "config": to_dict(run.cfg),
+            "config_hash": run.chash, "manifest_sha256": run.manifest_sha256,
+            "mean_params": run.mean_params.tolist(),
+            "mlflow_run_id": (run.tracker.run_id if run.tracker else None) or run.run_id or ""}
+
+
+def save_run(run: Run) -> None:
+    """Rank 0 writes OUT/checkpoints/step-N.pt and last.pt; every rank waits for it."""
+    from meshrec.train import dist
+
+    if run.env.is_main:
+        save_checkpoint(run.out / CHECKPOINTS, checkpoint_state(run), run.step,
+                        run.cfg.train.keep_last)
+    dist.barrier()
+
+
+def find_resume(cfg: Config) -> Optional[Path]:
+    """The checkpoint a run of `cfg` continues from (train.resume: never, auto, a file) or None."""
+    setting = cfg.train.resume
+    if setting == "never":
+        return None
+    if setting == "auto":
+        return find_last(Path(cfg.train.output_dir) / CHECKPOINTS)
+    path = Path(setting).expanduser()
+    if not path.is_file():
+        raise MeshrecError(f"train.resume: no such checkpoint {path}")
+    return path
+
+
+def restore_run(run: Run, state: dict) -> None:
+    """Put `run` back where `checkpoint_state` took it (weights, optimizer, RNGs, counters)."""
+    load_model_state(run.core, state, "the checkpoint to resume")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.step, run.bad_in_row, run.bad_total = (int(state["step"]), int(state["bad_in_row"]),
+                                               int(state["bad_total"]))
+    run.run_id = state.get("mlflow_run_id") or None
+    run.trained_s = float(state.get("trained_s", 0.0))  # absent before it was kept
+    restore_rng(state["rng"])
+
+
+def init_from(run: Run, path: str) -> None:
+    """Fine-tune: start from another run's weights (its config may differ)."""
+    state = load_checkpoint(Path(path).expanduser())
+    check_resume(state, run.cfg, fine_tune=True)
+    load_model_state(run.core, state, f"train.init_from {path}")

@@ -33,9 +33,9 @@ def load_trained(path: str, overrides: Sequence[str] = (), device: str = "auto")
     from meshrec.body.load import load_body_model
     from meshrec.config import from_dict, with_overrides
     from meshrec.model import build_model
+    from meshrec.precision import amp_dtype
     from meshrec.train.checkpoint import load_checkpoint, load_model_state
     from meshrec.train.dist import pick_device
-    from meshrec.train.loop import amp_dtype
 
     ckpt = Path(path).expanduser()
     if not ckpt.is_file():
@@ -163,6 +163,7 @@ def write_obj(path: Path, vertices, faces) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
+    from meshrec.precision import autocast
     from meshrec.render import save_png
     from meshrec.train import evaluate, visual
 
@@ -181,8 +182,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"meshrec predict: error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        with torch.no_grad(), torch.autocast(t.device.type, dtype=t.amp or torch.float32,
-                                             enabled=t.amp is not None):
+        with torch.no_grad(), autocast(t.device, t.amp):
             pred = t.model(image[None].to(t.device))
         with torch.no_grad():
             body = t.body(evaluate.last_params(pred))

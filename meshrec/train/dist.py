@@ -34,7 +34,7 @@ _PORT_RANGE = (20000, 60000)
 
 
 @dataclasses.dataclass(frozen=True)
-class Launch:
+class LaunchInfo:
     """What the launcher says about this process (no torch state)."""
 
     rank: int
@@ -95,7 +95,7 @@ def _port_from_job(job_id: str) -> int:
     return low + int(digits) % (high - low)
 
 
-def detect_launch(env: Mapping[str, str] | None = None) -> Launch:
+def detect_launch(env: Mapping[str, str] | None = None) -> LaunchInfo:
     """Read rank, world size, local rank and rendezvous address from the environment.
 
     Inside a submitit job this exports the torchrun variables into `os.environ` (as submitit's
@@ -104,10 +104,10 @@ def detect_launch(env: Mapping[str, str] | None = None) -> Launch:
     real = env is None
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Launch(_int(env, "RANK"), _int(env, "WORLD_SIZE"),
-                      _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
-                      env.get("MASTER_ADDR", "127.0.0.1"),
-                      _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500, "torchrun")
+        return LaunchInfo(_int(env, "RANK"), _int(env, "WORLD_SIZE"),
+                          _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+                          env.get("MASTER_ADDR", "127.0.0.1"),
+                          _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500, "torchrun")
     if env.get("SUBMITIT_EXECUTOR"):
         import submitit.helpers
 
@@ -116,18 +116,18 @@ def detect_launch(env: Mapping[str, str] | None = None) -> Launch:
         # CUDA_VISIBLE_DEVICES is left alone: the device is picked from local_rank below.
         info = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)
-        return Launch(info.rank, info.world_size, info.local_rank, info.master_addr,
-                      info.master_port, "submitit")
+        return LaunchInfo(info.rank, info.world_size, info.local_rank, info.master_addr,
+                          info.master_port, "submitit")
     if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
         if not nodelist:
             raise MeshrecError("SLURM step without SLURM_STEP_NODELIST or SLURM_JOB_NODELIST")
-        return Launch(_int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS"),
-                      _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
-                      first_host(nodelist),
-                      _int(env, "MASTER_PORT") if "MASTER_PORT" in env
-                      else _port_from_job(env.get("SLURM_JOB_ID", "0")), "slurm")
-    return Launch(0, 1, 0, "127.0.0.1", 0, "single")
+        return LaunchInfo(_int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS"),
+                          _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+                          first_host(nodelist),
+                          _int(env, "MASTER_PORT") if "MASTER_PORT" in env
+                          else _port_from_job(env.get("SLURM_JOB_ID", "0")), "slurm")
+    return LaunchInfo(0, 1, 0, "127.0.0.1", 0, "single")
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:

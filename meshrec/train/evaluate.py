@@ -31,6 +31,7 @@ from meshrec.body import h36m
 from meshrec.body import params as layout
 from meshrec.data.batch import model_input
 from meshrec.errors import MeshrecError
+from meshrec.precision import autocast
 
 
 @dataclass
@@ -143,8 +144,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], body, joints: Join
         if not rows:
             continue
         idx = torch.as_tensor(rows, device=model_input(batch).device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             pred = last_params(model(model_input(batch).index_select(0, idx)))
         pred_v, pred_j = body_points(body, pred, joints)
         n = len(rows)

@@ -4,6 +4,10 @@
     → body model → mean parameters → model (DDP when world > 1) → optimizer, LR schedule, AMP
     → resume from OUT/checkpoints/last.pt → epochs of steps → checkpoints → validation → MLflow
 
+The run's state is a `Run` (meshrec.train.run); saving and resuming it is meshrec.train.checkpoint,
+its MLflow glue meshrec.train.tracking, AMP meshrec.precision, Ψ_0 meshrec.model.mean. Only the
+commands that run training import this module (meshrec.train.commands, meshrec.launch).
+
 Conventions that the tests rely on:
 - `data.batch_size` is the global batch of one optimizer step; each rank's loader yields its
   share, split into `optim.accumulate` micro-batches. The loss is a mean over the micro-batch,
@@ -26,10 +30,8 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,33 +40,17 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from meshrec.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from meshrec.config import Config, config_hash, from_dict, to_dict
 from meshrec.data.batch import model_input
 from meshrec.errors import MeshrecError
+from meshrec.precision import amp_dtype, autocast
 from meshrec.track import TRAINING_METRIC
+from meshrec.train import checkpoint, tracking
+from meshrec.train.run import Run
 
 log = logging.getLogger("meshrec.train")
 
-CHECKPOINTS = "checkpoints"
-LAST = "last.pt"
 METRICS = "metrics.json"
-
-
-# ------------------------------------------------------------------ precision
-
-def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype of `train.amp` on `device`, or None for full float32."""
-    if setting == "off":
-        return None
-    if device.type == "cuda":
-        if setting == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if setting == "bf16" and not torch.cuda.is_bf16_supported():
-            raise MeshrecError("train.amp=bf16 but this GPU has no bfloat16; use fp16 or auto")
-        return torch.bfloat16 if setting == "bf16" else torch.float16
-    if setting == "fp16":
-        raise MeshrecError("train.amp=fp16 needs a CUDA device; on CPU use bf16 or off")
-    return torch.bfloat16 if setting == "bf16" else None  # auto on CPU: full precision
 
 
 # ------------------------------------------------------------------ learning-rate schedule
@@ -85,86 +71,14 @@ def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
     return 1.0
 
 
-# ------------------------------------------------------------------ the run's state
-
-@dataclass
-class Run:
-    cfg: Config
-    env: Any                       # meshrec.train.dist.DistEnv
-    out: Path
-    chash: str
-    manifest_sha256: str
-    body: nn.Module
-    joints: Any                    # meshrec.train.evaluate.Joints
-    mean_params: np.ndarray
-    core: nn.Module                # the MeshRegressor
-    model: nn.Module               # core, or DDP(core)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    amp: Optional[torch.dtype]
-    loader: Any
-    steps_per_epoch: int
-    step: int = 0                  # optimizer steps taken (skipped ones included)
-    bad_in_row: int = 0
-    bad_total: int = 0
-    run_id: Optional[str] = None
-    tracker: Any = None
-    val_loaders: dict = field(default_factory=dict)
-    encoder_sha256: str = ""       # of a frozen encoder's weights (not stored in checkpoints)
-    trained_s: float = 0.0         # training-loop wall time of earlier jobs of this run
-    started: float = 0.0           # perf_counter when this job's training loop began
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else v
-    return out
-
-
-def resolve_mean_params(cfg: Config, manifest: dict) -> np.ndarray:
-    """Ψ_0 of the regressor: SPIN's mean file, or the mean over the training subjects' shards;
-    82 values, or 85 when translation is predicted."""
-    from meshrec.body import params as layout
-    from meshrec.shards.manifest import mean_params
-
-    if cfg.model.mean_params:
-        mean = np.asarray(layout.load_spin_mean_params(cfg.model.mean_params), dtype=np.float64)
-    elif sum(int(manifest["subjects"].get(s, {}).get("param_count", 0))
-             for s in cfg.data.train_subjects) == 0:
-        # Joints-only training data: start from a standing body facing the camera.
-        log.info("no SMPL labels in the training shards: the regressor starts from an upright "
-                 "zero pose (model.mean_params names SPIN's smpl_mean_params.npz instead)")
-        mean = layout.neutral_params()
-    else:
-        mean = mean_params(manifest, cfg.data.train_subjects)
-    if cfg.model.predict_translation:
-        if mean.size < layout.SIZE_WITH_TRANSL:
-            raise MeshrecError("model.predict_translation needs shards (or a mean file) with "
-                               "translation; these have none")
-        return mean[: layout.SIZE_WITH_TRANSL]
-    return mean[: layout.SIZE]
-
-
 def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run:
     """Everything up to the first step: data, body, model, optimizer, schedule, AMP, loader."""
     from meshrec.body.load import load_body_model
     from meshrec.data import build_loader
     from meshrec.data.demo import with_shards
     from meshrec.model import build_model
+    from meshrec.model.hashing import encoder_sha256, state_sha256
+    from meshrec.model.mean import resolve_mean_params
     from meshrec.shards import manifest as shard_manifest
     from meshrec.train import preflight
     from meshrec.train.evaluate import body_joints
@@ -185,11 +99,9 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     core = build_model(cfg, mean).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
-    from meshrec import features
-
-    encoder_sha = features.state_sha256(core.encoder) if cfg.model.freeze_encoder else ""
+    encoder_sha = state_sha256(core.encoder) if cfg.model.freeze_encoder else ""
     if cfg.features.enabled:
-        if encoder_sha != features.encoder_sha256(cfg):
+        if encoder_sha != encoder_sha256(cfg):
             raise MeshrecError("features: this run's encoder differs from the one the feature "
                                "cache identity assumes; rebuild the cache with `meshrec features`")
     model: nn.Module = core
@@ -217,74 +129,6 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     return Run(cfg, env, Path(cfg.train.output_dir), config_hash(cfg),
                str(manifest.get("manifest_sha256", "")), body, joints, mean, core, model,
                optimizer, scheduler, scaler, amp, loader, spe, encoder_sha256=encoder_sha)
-
-
-# ------------------------------------------------------------------ checkpoints
-
-def checkpoint_state(run: Run) -> dict:
-    from meshrec.train.checkpoint import capture_rng, model_state
-
-    return {"model": model_state(run.core, run.encoder_sha256),
-            "encoder_sha256": run.encoder_sha256, "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
-            "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
-            "trained_s": training_seconds(run), "config": to_dict(run.cfg), "config_hash": run.chash,
-            "manifest_sha256": run.manifest_sha256, "mean_params": run.mean_params.tolist(),
-            "mlflow_run_id": (run.tracker.run_id if run.tracker else None) or run.run_id or ""}
-
-
-def save(run: Run) -> None:
-    """Rank 0 writes OUT/checkpoints/step-N.pt and last.pt; every rank waits for it."""
-    from meshrec.train import dist
-    from meshrec.train.checkpoint import save_checkpoint
-
-    if run.env.is_main:
-        save_checkpoint(run.out / CHECKPOINTS, checkpoint_state(run), run.step,
-                        run.cfg.train.keep_last)
-    dist.barrier()
-
-
-def find_resume(cfg: Config) -> Optional[Path]:
-    from meshrec.train.checkpoint import find_last
-
-    setting = cfg.train.resume
-    if setting == "never":
-        return None
-    if setting == "auto":
-        return find_last(Path(cfg.train.output_dir) / CHECKPOINTS)
-    path = Path(setting).expanduser()
-    if not path.is_file():
-        raise MeshrecError(f"train.resume: no such checkpoint {path}")
-    return path
-
-
-def restore(run: Run, state: dict) -> None:
-    from meshrec.train.checkpoint import load_model_state, restore_rng
-
-    load_model_state(run.core, state, "the checkpoint to resume")
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.step, run.bad_in_row, run.bad_total = (int(state["step"]), int(state["bad_in_row"]),
-                                               int(state["bad_total"]))
-    run.run_id = state.get("mlflow_run_id") or None
-    run.trained_s = float(state.get("trained_s", 0.0))  # absent before it was kept
-    restore_rng(state["rng"])
-
-
-def training_seconds(run: Run) -> float:
-    """Wall time in the training loop over every job of this run so far."""
-    return run.trained_s + (time.perf_counter() - run.started if run.started else 0.0)
-
-
-def init_from(run: Run, path: str) -> None:
-    """Fine-tune: start from another run's weights (its config may differ)."""
-    from meshrec.train.checkpoint import check_resume, load_checkpoint, load_model_state
-
-    state = load_checkpoint(Path(path).expanduser())
-    check_resume(state, run.cfg, fine_tune=True)
-    load_model_state(run.core, state, f"train.init_from {path}")
 
 
 # ------------------------------------------------------------------ one optimizer step
@@ -334,8 +178,7 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
         last = k == parts - 1
         sync = run.model.no_sync() if (not last and hasattr(run.model, "no_sync")) else _null()
         with sync:
-            with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
-                                enabled=run.amp is not None):
+            with autocast(run.env.device, run.amp):
                 pred = run.model(image[k * size:(k + 1) * size])
             loss, micro_terms = compute_loss(pred, micro, run.body, cfg, run.joints.regressor)
             run.scaler.scale(loss.float() / parts).backward()
@@ -412,8 +255,7 @@ def overlay_pictures(run: Run, batch: dict, count: int) -> list[tuple[str, np.nd
         return []
     run.core.eval()
     n = min(count, len(batch["key"]))
-    with torch.autocast(run.env.device.type, dtype=run.amp or torch.float32,
-                        enabled=run.amp is not None):
+    with autocast(run.env.device, run.amp):
         pred = run.core(batch["image"][:n])
     return [(key, pic.image)
             for key, pic in visual.batch_pictures(batch, pred, run.body, run.joints.regressor, n)]
@@ -435,29 +277,11 @@ def say(run: Run, text: str) -> None:
         print(text, flush=True)
 
 
-def start_tracking(run: Run) -> None:
-    from meshrec.track import Tracker
-
-    run.tracker = Tracker(run.cfg, enabled=run.env.is_main and run.cfg.track.enabled)
-    tags = {"git_sha": git_sha(), "config_hash": run.chash, "manifest_sha256": run.manifest_sha256,
-            "body_model": getattr(run.body, "kind", "smpl"), "world_size": str(run.env.world_size),
-            "device": str(run.env.device.type), "joints": run.joints.label}
-    run.run_id = run.tracker.start(run.cfg.track.run_name or run.chash,
-                                   flatten(to_dict(run.cfg)), tags, run_id=run.run_id)
-    if run.env.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        path = run.out / "config.yaml"
-        path.write_text(f"# config_hash: {run.chash}\n" + dump_yaml(run.cfg))
-        run.tracker.log_artifact(path)
-
-
 def log_validation(run: Run, epoch: int, metrics: dict[str, float], pictures: list) -> None:
+    """Rank 0: to MLflow (meshrec.train.tracking) and one line on the terminal."""
     if not run.env.is_main:
         return
-    # On the epoch axis (step = epochs done): one point per validation whatever the run's length.
-    run.tracker.log_metrics(metrics, epoch + 1)
-    for key, picture in pictures:
-        run.tracker.log_image(picture, f"overlays/epoch{epoch:03d}_{key}.png")
+    tracking.log_validation(run.tracker, epoch, metrics, pictures)
     from meshrec import protocols
 
     protocol = run.cfg.eval.protocol
@@ -512,21 +336,20 @@ def _spawned(cfg_dict: dict, stop_after: Optional[int], run_id: Optional[str] = 
 def _train(cfg: Config, env: Any, stop_after: Optional[int],
            run_id: Optional[str] = None) -> dict[str, float]:
     from meshrec.train import dist
-    from meshrec.train.checkpoint import check_resume, load_checkpoint
 
     torch.manual_seed(cfg.train.seed)
-    resume_path = find_resume(cfg)
-    state = load_checkpoint(resume_path) if resume_path else None
+    resume_path = checkpoint.find_resume(cfg)
+    state = checkpoint.load_checkpoint(resume_path) if resume_path else None
     if state is not None:
-        check_resume(state, cfg, fine_tune=False)
+        checkpoint.check_resume(state, cfg, fine_tune=False)
     run = build_run(cfg, env, state)
     if state is not None:
-        restore(run, state)
+        checkpoint.restore_run(run, state)
         say(run, f"resumed from {resume_path} at step {run.step}")
     elif cfg.train.init_from:
-        init_from(run, cfg.train.init_from)
+        checkpoint.init_from(run, cfg.train.init_from)
     run.run_id = run.run_id or run_id
-    start_tracking(run)
+    tracking.start_tracking(run)
     say(run, f"config {run.chash}: {cfg.model.encoder} on {env.world_size} × {env.device}, "
              f"{run.steps_per_epoch} steps/epoch × {cfg.train.epochs} epochs, "
              f"global batch {cfg.data.batch_size}, amp {run.amp or 'off'}, "
@@ -562,7 +385,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
                 row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
                             "bad_steps": float(run.bad_total),
                             "epoch": run.step / run.steps_per_epoch,
-                            TRAINING_METRIC: training_seconds(run)})
+                            TRAINING_METRIC: run.training_seconds()})
                 if env.device.type == "cuda":
                     row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                 if env.is_main:
@@ -573,7 +396,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
                                  f"lr={row['lr']:.3g} {img_s:.1f} img/s")
             every = cfg.train.checkpoint_every
             if (every and run.step % every == 0) or stop_after == run.step:
-                save(run)
+                checkpoint.save_run(run)
                 saved_at = run.step
             if stop_after is not None and run.step >= stop_after:
                 stopped = True
@@ -581,7 +404,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
         if stopped:
             break
         if saved_at != run.step:  # end of epoch
-            save(run)
+            checkpoint.save_run(run)
             saved_at = run.step
         last_epoch = epoch == cfg.train.epochs - 1
         every_epochs = cfg.eval.every_epochs
@@ -599,7 +422,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
         path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         if not stopped:
             run.tracker.log_artifact(path)
-        run.tracker.log_metrics({TRAINING_METRIC: training_seconds(run)}, run.step)
+        run.tracker.log_metrics({TRAINING_METRIC: run.training_seconds()}, run.step)
         # A stopped run is continued by the next job (same MLflow run); only a real end is done.
         run.tracker.finish("FINISHED" if not stopped else "KILLED", done=not stopped)
     return metrics if env.is_main else {}

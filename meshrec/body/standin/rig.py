@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from meshrec.body.standin_shape import NUM_JOINTS, PARENTS, Primitive, Skeleton, children_of
+from meshrec.body.standin.shape import NUM_JOINTS, PARENTS, Primitive, Skeleton, children_of
 from meshrec.errors import MeshrecError
 
 SHAPE_NAMES: tuple[str, ...] = (

@@ -18,12 +18,12 @@ at y = −1.17 and the crown at y = +0.53 (the pelvis joint at y ≈ −0.22, ne
 
 Shape directions, per unit beta (betas are meant for ±3): stature (+4 cm height), girth, leg
 length, arm length, shoulder width, hip width, torso length, head size, belly, limb thickness —
-each a few cm at most (see standin_rig.SHAPE_NAMES).
+each a few cm at most (see rig.SHAPE_NAMES).
 
 Left/right symmetry, as SMPL's: the skeleton J exactly; the surface up to where the decimator put
 the vertices (each vertex's reflection lies 0.41 mm from the surface on average, 7 mm at most, at a
 thumb tip); the rig — weights, shape and pose blend shapes, joint regressor — is averaged with its
-own mirror image on that surface (standin_sym), so the mesh of flipped parameters is the mirrored
+own mirror image on that surface (sym.py), so the mesh of flipped parameters is the mirrored
 mesh to about the surface's own asymmetry (tests/test_mirror.py).
 
 The seed: 0 is the default body. Any other seed jitters bone lengths and radii by at most ±3 %
@@ -39,10 +39,7 @@ import numpy as np
 
 from meshrec.body import mirror
 from meshrec.body import params as layout
-from meshrec.body import standin_mesh as mesh
-from meshrec.body import standin_rig as rig
-from meshrec.body import standin_shape as shape
-from meshrec.body import standin_sym as sym
+from meshrec.body.standin import mesh, rig, shape, sym
 from meshrec.errors import MeshrecError
 from meshrec.fileio import save_npz
 
@@ -98,7 +95,7 @@ def build_standin(seed: int = 0) -> dict[str, np.ndarray]:
     verts, faces, prims, sk = build_mesh(seed)
     labels = rig.bone_labels(verts, shape.owner(verts, prims), prims, sk)
     A = rig.adjacency(faces, len(verts))
-    # The rig is made left/right symmetric (see standin_sym): each vertex's counterpart point.
+    # The rig is made left/right symmetric (see sym.py): each vertex's counterpart point.
     corr = mirror.surface_mirror(verts, faces)
     weights = sym.symmetric_weights(
         rig.skinning_weights(rig.separate_siblings(labels, A), A), corr)

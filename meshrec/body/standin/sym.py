@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from meshrec.body import standin_rig as rig
+from meshrec.body.standin import rig
 from meshrec.body.mirror import JOINT_FLIP_PERM, X_SIGN, SurfaceMirror
 
 

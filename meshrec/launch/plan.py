@@ -32,6 +32,7 @@ from meshrec import protocols
 from meshrec.config import Config, ConfigError, to_dict, with_overrides
 from meshrec.errors import MeshrecError
 from meshrec.launch.grid import Cell, Sweep, as_overrides, load_sweep
+from meshrec.mapping import flatten
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_FILE = REPO / "configs" / "demo.yaml"
@@ -62,17 +63,6 @@ class Plan:
         return protocols.selection_metric(self.cfg.eval.protocol)
 
 
-def _dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping → dotted key → leaf value (an empty mapping is a leaf)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def demo_overrides(path: Path = DEMO_FILE) -> list[str]:
     """configs/demo.yaml's own keys as dotted overrides, plus what a demo sweep needs on a laptop:
     one local process per cell, one cell at a time."""
@@ -81,7 +71,7 @@ def demo_overrides(path: Path = DEMO_FILE) -> list[str]:
     except (OSError, yaml.YAMLError) as exc:
         raise MeshrecError(f"cannot read {path}: {exc}") from None
     data.pop("defaults", None)
-    return [*as_overrides(_dotted(data)), "launch.executor=local", "launch.slurm.nodes=1",
+    return [*as_overrides(flatten(data)), "launch.executor=local", "launch.slurm.nodes=1",
             f"launch.slurm.cpus_per_task={os.cpu_count() or 1}",
             "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=1",
             "launch.slurm.array_parallelism=1", "launch.log_dir=runs/demo/submitit",

@@ -7,7 +7,7 @@
   ``@pytest.mark.slurm``.
 - ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session.
 - ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
-- ``sweep_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
+- ``meshrec_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
   session so that every module's tiny cells share what it holds.
 - ``chromium``: the path of Debian's ``chromium`` (browser tests drive it with Playwright). Skips
   when it is not installed, except under ``CI=true``, where that fails.
@@ -146,10 +146,21 @@ def standin_file(standin_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sweep_cache(tmp_path_factory) -> Path:
-    """``body.cache_dir`` of tiny sweeps: the stand-in body and generated shards, made on first
-    use and kept for the session's other tiny cells."""
-    return tmp_path_factory.mktemp("sweep-cache")
+def meshrec_cache(tmp_path_factory) -> Path:
+    """``body.cache_dir`` of every test that generates data: the stand-in body and each recipe's
+    shards live under it keyed by recipe hash (meshrec.data.demo), so tests of one recipe share
+    one build per session."""
+    return tmp_path_factory.mktemp("meshrec-cache")
+
+
+@pytest.fixture(scope="session")
+def cache(meshrec_cache) -> Path:
+    """``meshrec_cache`` with the tiny training recipe (tests/tiny_config.py) built."""
+    from meshrec.data.demo import ensure_shards
+    from tests.tiny_config import tiny
+
+    ensure_shards(tiny(meshrec_cache, meshrec_cache / "unused"))
+    return meshrec_cache
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ class Sweep:
 
 
 @pytest.fixture(scope="module")
-def sweep(mlflow_server, sweep_cache, tmp_path_factory) -> Sweep:
+def sweep(mlflow_server, meshrec_cache, tmp_path_factory) -> Sweep:
     """A finished 2-cell sweep in its own experiment."""
     tmp = tmp_path_factory.mktemp("browser")
     name = f"browser-{uuid.uuid4().hex[:8]}"
@@ -58,7 +58,7 @@ def sweep(mlflow_server, sweep_cache, tmp_path_factory) -> Sweep:
                                     "grid": GRID}, sort_keys=False))  # keys in grid order
     done = subprocess.run(
         [sys.executable, str(REPO / "launch" / "sweep.py"), "--grid", str(grid), "--local", *TINY,
-         f"body.cache_dir={sweep_cache}", f"train.output_dir={tmp / 'runs'}",
+         f"body.cache_dir={meshrec_cache}", f"train.output_dir={tmp / 'runs'}",
          f"launch.log_dir={tmp / 'logs'}", f"launch.job_name={name}", f"track.experiment={name}",
          f"track.uri={mlflow_server}"],
         cwd=tmp, capture_output=True, text=True, timeout=600, check=False)

@@ -16,7 +16,7 @@ import pytest
 from meshrec.errors import MeshrecError
 from meshrec.features import cache as fc
 from meshrec.model.hashing import encoder_sha256
-from tests.test_train import ROOT, cache, tiny, tiny_args  # noqa: F401  (session fixture)
+from tests.tiny_config import ROOT, tiny, tiny_args
 
 FROZEN = ("model.freeze_encoder=true", "data.augment.enabled=false", "data.train_subjects=[S1,S5]")
 

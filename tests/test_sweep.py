@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from meshrec.launch.plan import DEMO_CELLS, DEMO_FILE, plan
 from meshrec.launch.report import against_baseline, ui_command
 from meshrec.launch.runs import run_label
 from meshrec.launch.grid import load_sweep
+from tests.slurm_jobs import in_queue, jobs_named, unfinished, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "launch" / "sweep.py")]
-DEADLINE_S = 900  # the machine is shared: tiny jobs can still take minutes
 TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=false",
         "model.hidden=64", "data.image_size=32", "data.batch_size=8", "eval.batch_size=8",
         "data.synth.frames_per_subject=8", "data.synth.size=32", "data.backend=torch",
@@ -35,12 +34,6 @@ TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=fa
         "train.device=cpu", "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=2",
         "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10",
         "launch.executor=slurm"]
-
-
-@pytest.fixture(scope="module")
-def cache(sweep_cache) -> Path:
-    """Stand-in body and generated shards, shared with the session's other tiny sweeps."""
-    return sweep_cache
 
 
 def write_grid(path: Path, grid: object, **extra: object) -> Path:
@@ -61,35 +54,6 @@ def cli(grid: Path, args: list[str], cwd: Path, timeout: float = 600) -> subproc
                           text=True, timeout=timeout, check=False)
 
 
-def jobs_named(name: str) -> list[tuple[str, str]]:
-    """(job id, state) of every job with this name that accounting knows (arrays split)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "--name", name,
-                          "-S", "now-6hours"], capture_output=True, text=True, check=True,
-                         timeout=30).stdout
-    return [tuple(line.split("|")[:2]) for line in out.splitlines() if line]
-
-
-def in_queue(name: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True,
-                         text=True, check=True, timeout=30).stdout
-    return out.split()
-
-
-def wait_for(predicate, what: str, seconds: float = DEADLINE_S, name: str = "",
-             alive: bool = False) -> None:
-    """Poll `predicate`; on timeout (or, with `alive`, when job `name` left the queue first)
-    cancel the jobs named `name` and fail."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if alive and not in_queue(name) and not predicate():
-            pytest.fail(f"{what}: the job ended first ({jobs_named(name)})")
-        if time.monotonic() > deadline:
-            if name:
-                subprocess.run(["scancel", "-n", name], check=False)
-            pytest.fail(f"{what} not reached after {seconds:.0f} s")
-        time.sleep(2)
-
-
 def children(client: MlflowClient, experiment: str) -> tuple[list, list]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -103,17 +67,6 @@ def children(client: MlflowClient, experiment: str) -> tuple[list, list]:
 def all_done(client: MlflowClient, experiment: str, count: int) -> bool:
     _, cells = children(client, experiment)
     return len(cells) == count and all(r.data.tags.get("meshrec.done") == "true" for r in cells)
-
-
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-         "PREEMPTED", "BOOT_FAIL", "DEADLINE")
-
-
-def unfinished(name: str) -> bool:
-    """Still queued, or not yet recorded as ended: accounting (slurmdbd) lags the queue, so a job
-    just gone from squeue can still read RUNNING in sacct for a moment."""
-    return bool(in_queue(name)) or any(not state.startswith(ENDED)
-                                       for _, state in jobs_named(name))
 
 
 # ------------------------------------------------------------------ no cluster needed

@@ -26,7 +26,7 @@ from meshrec.launch.plan import job_config, preflight_all
 from meshrec.launch.plan import plan as sweep_plan
 from meshrec.launch.report import dry_run
 from meshrec.launch.run import FEATURE_JOB_SUFFIX
-from tests.test_sweep import in_queue, unfinished, wait_for
+from tests.slurm_jobs import in_queue, unfinished, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "launch" / "sweep.py")]
@@ -38,12 +38,6 @@ FROZEN = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=
           "train.checkpoint_every=0", "track.overlays=0", "train.device=cpu",
           "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=2",
           "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """Stand-in body and generated shards (made on first use), shared by the module's cells."""
-    return tmp_path_factory.mktemp("cache")
 
 
 def write_grid(path: Path, grid: dict) -> Path:

@@ -13,37 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from meshrec.config import Config, load_config, to_dict
+from meshrec.config import load_config, to_dict
 from meshrec.errors import MeshrecError
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
-
-
-def tiny_args(cache: Path, out: Path, *more: str) -> list[str]:
-    """Overrides of configs/demo.yaml for a few-second run: 64 px generated crops read at
-    32 px, ResNet-18, a small head."""
-    return [
-        f"body.cache_dir={cache}", "train.epochs=1", "data.synth.frames_per_subject=4",
-        "data.synth.size=64",
-        "data.image_size=32", "data.backend=torch", "data.num_threads=1", "data.batch_size=8",
-        "data.train_subjects=[S1,S5,S6]", "data.val_subjects=[S9]", "eval.subjects=[S9]",
-        "eval.batch_size=16", "model.hidden=32", "track.enabled=false", "track.overlays=1",
-        "train.log_every=1000", f"train.output_dir={out}", *more]
-
-
-def tiny(cache: Path, out: Path, *more: str) -> Config:
-    return load_config(DEMO, tiny_args(cache, out, *more))
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    """Body-model and generated-data cache shared by every test here (built on first use)."""
-    from meshrec.data.demo import ensure_shards
-
-    root = tmp_path_factory.mktemp("meshrec_cache")
-    ensure_shards(tiny(root, root / "unused"))
-    return root
+from tests.tiny_config import DEMO, tiny, tiny_args  # noqa: F401
 
 
 def state_of(out: Path) -> dict:

@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +82,19 @@ def _apply_exports(stdout: str) -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
+    with open(Path(tempfile.gettempdir()) / "meshrec-slurm-up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers: one starts the cluster, the others wait
+        partition, started = _slurm_partition()
+    yield SlurmCluster(partition=partition)
+    # Under xdist another worker may still be using it: only a lone session stops what it started.
+    if (started and os.environ.get("MESHREC_KEEP_SLURM") != "1"
+            and "PYTEST_XDIST_WORKER" not in os.environ):
+        subprocess.run(["bash", str(INFRA / "slurm_down.sh")], capture_output=True, timeout=300,
+                       check=False)
+
+
+def _slurm_partition() -> tuple[str, bool]:
+    """(usable default partition, whether this call started the cluster)."""
     partition = _usable_partition()
     started = False
     if partition is None:
@@ -98,10 +113,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         if partition is None:
             pytest.fail("tests/infra/slurm_up.sh succeeded, yet SLURM has no usable default "
                         "partition", pytrace=False)
-    yield SlurmCluster(partition=partition)
-    if started and os.environ.get("MESHREC_KEEP_SLURM") != "1":
-        subprocess.run(["bash", str(INFRA / "slurm_down.sh")], capture_output=True, timeout=300,
-                       check=False)
+    return partition, started
 
 
 def _free_port() -> int:

@@ -2,8 +2,8 @@
 job that builds it.
 
 The sweep uses the cache when every cell it is about to run keeps its encoder frozen and all of
-them see the same images through the same encoder (one `meshrec.features.share_key`). The cells
-then train with `features.enabled=true`; if `meshrec.features.check` finds no complete matching
+them see the same images through the same encoder (one `meshrec.features.cache.share_key`). The cells
+then train with `features.enabled=true`; if `meshrec.features.cache.check` finds no complete matching
 cache, one `FeatureJob` (the resources of one cell, its tasks the DDP ranks of
 `meshrec.features.build.run_features`) runs before them: on SLURM the cell array depends on it
 (`afterok`), locally the sweep waits for it. A cache that is already there is reused: no job.
@@ -44,7 +44,7 @@ class FeaturePlan:
 
 def share_keys(configs: Mapping[str, Config]) -> dict[str, str]:
     """Cell name → its cache's share key, for the frozen cells (their shards resolved)."""
-    from meshrec.features import share_key
+    from meshrec.features.cache import share_key
 
     return {name: share_key(cfg) for name, cfg in configs.items() if cfg.model.freeze_encoder}
 
@@ -54,7 +54,7 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str],
     """What the sweep does about features for the cells it is about to run (`configs`: their
     job configs, `keys`: `share_keys` of at least those). Checks caches; builds nothing.
     `dry_run`: the reason says what a launch would do."""
-    from meshrec.features import cache_dir, check
+    from meshrec.features.cache import cache_dir, check
 
     if not configs:
         return FeaturePlan(False, None, "", "")
@@ -89,7 +89,7 @@ def decide(configs: Mapping[str, Config], keys: Mapping[str, str],
 def _require_own_caches(configs: Mapping[str, Config], keys: Mapping[str, str]) -> None:
     """Cells that ask for features.enabled themselves, when the sweep builds none: their cache
     must be there already (one check per distinct cache)."""
-    from meshrec.features import check
+    from meshrec.features.cache import check
 
     seen: set[str] = set()
     for name, cfg in configs.items():

@@ -9,7 +9,7 @@ one MLflow child run under one parent run for the sweep.
   `launch.slurm.array_parallelism` cells at a time; the command waits for them (local jobs end with
   the process that started them), then prints the table and the best cell.
 - Feature cache (`meshrec.launch.feature_job`): when every cell to run keeps its encoder frozen
-  and all see the same inputs (one `meshrec.features.share_key`), the cells train from one
+  and all see the same inputs (one `meshrec.features.cache.share_key`), the cells train from one
   frozen-encoder feature cache (`features.enabled=true`). If it is not complete yet, one feature
   job with a cell's resources builds it first: on SLURM the cell array depends on it
   (`afterok`, cancelled if it fails), locally the sweep waits for it. A complete cache is reused

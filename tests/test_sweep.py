@@ -381,7 +381,7 @@ def test_train_full_script_requeues_itself_on_usr1_and_resumes(slurm_cluster, ml
     out = tmp_path / "out"
     env = {**os.environ, "CONFIG": str(REPO / "configs" / "demo.yaml"), "OUT": str(out),
            "PYTHON": sys.executable,
-           "OVERRIDES": " ".join([*overrides, "data.batch_size=4", "train.epochs=2",
+           "OVERRIDES": " ".join([*overrides, "data.batch_size=8", "train.epochs=2",
                                   "train.checkpoint_every=2", f"body.cache_dir={cache}",
                                   f"track.uri={mlflow_server}", f"track.experiment={name}"])}
     job_id = sbatch_train_full(slurm_cluster.partition, name, env, tmp_path)

@@ -20,7 +20,6 @@ them into the same pixels (tests compare the two backends on the same numbers).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np

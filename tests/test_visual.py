@@ -17,7 +17,7 @@ import torch
 from meshrec import render
 from meshrec.body import h36m
 from meshrec.errors import MeshrecError
-from meshrec.loss import normalized_keypoints
+from meshrec.loss import normalized_keypoints, project
 from meshrec.model import Prediction
 from meshrec.train import visual
 
@@ -75,6 +75,12 @@ def test_to_pixels_maps_the_crop_edges_and_centre():
                                [-0.5, 127.5, 255.5])
 
 
+def loss_project(points, camera) -> np.ndarray:
+    """The loss's weak perspective (meshrec.loss.project), which overlays must agree with."""
+    return project(torch.as_tensor(np.asarray(points, dtype=np.float64)),
+                   torch.as_tensor(np.asarray(camera, dtype=np.float64))).numpy()
+
+
 def test_weak_perspective_view_projects_exactly_through_the_pinhole():
     rng = np.random.default_rng(1)
     points = rng.uniform(-1.0, 1.0, (500, 3))
@@ -82,7 +88,7 @@ def test_weak_perspective_view_projects_exactly_through_the_pinhole():
     moved, pinhole = visual.weak_perspective_view(points, camera, 256)
     uv, _ = render.project(moved, pinhole)
     # render's pixel centres sit at j + 0.5, the keypoints' at j.
-    expected = visual.to_pixels(visual.weak_project(points, camera), 256) + 0.5
+    expected = visual.to_pixels(loss_project(points, camera), 256) + 0.5
     np.testing.assert_allclose(uv, expected, atol=1e-9)
     # A plain far camera without the correction is off by pixels for the same points.
     s, tx, ty = camera
@@ -98,7 +104,7 @@ def test_weak_perspective_rasterises_exactly():
     tri = np.array([[-0.7, -0.6, -0.8], [0.8, -0.2, 0.0], [-0.1, 0.9, 0.8]])
     camera, size = (0.9, 0.05, -0.1), 128
     mask = visual.render_weak(tri, np.array([[0, 1, 2]]), camera, size, (200, 0, 0)).mask
-    p = visual.to_pixels(visual.weak_project(tri, camera), size)
+    p = visual.to_pixels(loss_project(tri, camera), size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)   # OpenCV pixel centres
 
     def edge(a, b):
@@ -184,7 +190,7 @@ def test_a_perfect_prediction_covers_exactly_the_true_mesh(body):
     size = 96
     p = posed(body, 1)
     camera = np.array([1.05, 0.04, -0.08])
-    kp2d = np.concatenate([visual.to_pixels(visual.weak_project(p.j17 - p.root, camera), size),
+    kp2d = np.concatenate([visual.to_pixels(loss_project(p.j17 - p.root, camera), size),
                            np.ones((17, 1))], axis=1)
     wrong_camera = np.array([0.5, 0.3, 0.3])
     view = visual.choose_view(p.v, p.root, wrong_camera, size, true_v=p.v, true_root=p.root,

@@ -146,12 +146,13 @@ def report(p: Plan, out=print) -> Optional[Row]:
                     p.metric, folder)
         tracking.client.log_artifacts(parent, str(folder), "report")
     ended = [r for r in table_rows if r.state in ("finished", "failed") and r.run_id]
-    if ended:  # cells the scheduler killed before they could close the sweep run
-        close_parent_if_done(tracking, ended[0].run_id, p.metric,
-                             [r.cell.name for r in ended if r.state == "failed"])
+    # Cells the scheduler killed before they could close the sweep run; closing logs the best.
+    closed = bool(ended) and close_parent_if_done(
+        tracking, ended[0].run_id, p.metric, [r.cell.name for r in ended if r.state == "failed"])
     if best is not None:
-        tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
-        tracking.client.log_metric(parent, f"best_{p.metric}", best.best)
+        if not closed:  # the best so far of a sweep still running
+            tracking.client.set_tag(parent, TAG_BEST, best.cell.name)
+            tracking.client.log_metric(parent, f"best_{p.metric}", best.best)
         say_best(tracking, best, p.metric, out)
     else:
         out("no finished cell with a validation metric yet")

@@ -104,9 +104,9 @@ def launch(p: Plan, out=print, progress: bool = False) -> dict[str, Any]:
             result["failed"] = _run_local(executor, todo, calls, tracking, run_ids, result,
                                           p.cfg.launch.slurm.array_parallelism, folder, p.metric,
                                           out)
-            # A cell killed before its job could say so still counts as failed.
-            close_parent_if_done(tracking, next(iter(run_ids.values())), p.metric,
-                                 result["failed"])
+            if result["failed"]:  # a cell killed before its own job could close the sweep run
+                close_parent_if_done(tracking, next(iter(run_ids.values())), p.metric,
+                                     result["failed"])
         else:
             result["failed"] = [c.name for c in todo]
     else:

@@ -49,13 +49,6 @@ PREDICTED = "predicted"
 
 # ------------------------------------------------------------------ weak-perspective math (pure)
 
-def weak_project(points: np.ndarray, camera: Sequence[float]) -> np.ndarray:
-    """(N, 3) points, camera (s, tx, ty) → (N, 2) normalised crop coordinates s·(X_xy + t)."""
-    p = np.asarray(points, dtype=np.float64)
-    s, tx, ty = (float(v) for v in camera)
-    return s * (p[:, :2] + np.array([tx, ty]))
-
-
 def to_pixels(normalised: np.ndarray, size: int) -> np.ndarray:
     """Normalised crop coordinates [-1, 1] → OpenCV pixels of a size×size picture (pixel i's
     centre at i): the inverse of meshrec.loss.normalized_keypoints."""

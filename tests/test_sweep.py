@@ -36,6 +36,13 @@ TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=fa
         "launch.executor=slurm"]
 
 
+@pytest.fixture(scope="session")
+def cache(meshrec_cache) -> Path:
+    """The session's shared cache as is: the cells make their own recipe's data on first use
+    (conftest's `cache` would also build the training tests' recipe)."""
+    return meshrec_cache
+
+
 def write_grid(path: Path, grid: object, **extra: object) -> Path:
     path.write_text(yaml.safe_dump({"defaults": [str(REPO / "configs" / "base.yaml")],
                                     "grid": grid, **extra}))

@@ -40,6 +40,13 @@ FROZEN = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=
           "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10"]
 
 
+@pytest.fixture(scope="session")
+def cache(meshrec_cache) -> Path:
+    """The session's shared cache as is: the cells make their own recipe's data on first use
+    (conftest's `cache` would also build the training tests' recipe)."""
+    return meshrec_cache
+
+
 def write_grid(path: Path, grid: dict) -> Path:
     path.write_text(yaml.safe_dump({"defaults": [str(REPO / "configs" / "base.yaml")],
                                     "grid": grid}))

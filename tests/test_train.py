@@ -33,14 +33,18 @@ def test_demo_shards_are_built_once_verified_and_cover_every_split(cache, tmp_pa
     from meshrec.shards.verify import verify
 
     cfg = tiny(cache, tmp_path)
+    said: list[str] = []
     path = ensure_shards(cfg)
-    assert path == ensure_shards(cfg)  # reused, not rebuilt
+    assert path == ensure_shards(cfg, say=said.append) and said == []  # reused, not rebuilt
     assert verify(path)[0] == []
     subjects = load(path)["subjects"]
     assert {"S1", "S5", "S6", "S9"} <= set(subjects)
     assert all(s["samples"] == 4 * 4 for s in subjects.values())  # 4 frames × 4 cameras
-    other = ensure_shards(tiny(cache, tmp_path, "data.synth.seed=1"))
+    other = ensure_shards(tiny(cache, tmp_path, "data.synth.seed=1"), say=said.append)
     assert other != path and other.parent.name.startswith("demo-")
+    # A build says so before and after (a log file gets no progress bar).
+    assert said[0].startswith("making generated data first: 4 subjects × 4 frames × 4 cameras")
+    assert said[1].startswith("generated data ready in ") and said[1].endswith(str(other))
 
 
 def test_given_shards_must_exist(tmp_path):

@@ -24,9 +24,10 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from meshrec.config import Config
 from meshrec.errors import MeshrecError
@@ -116,9 +117,11 @@ def _build(root: Path, rec: dict, arrays: dict, progress: bool) -> None:
         json.dump({"recipe": rec}, fh, indent=1, sort_keys=True)
 
 
-def ensure_shards(cfg: Config, progress: bool = False) -> Path:
+def ensure_shards(cfg: Config, progress: bool = False, say: Callable[[str], Any] | None = None
+                  ) -> Path:
     """The shard directory of this config: `data.shards`, or the generated stand-in data (built
-    and verified on first use, then reused)."""
+    and verified on first use, then reused). `say` gets a line before and after a build: minutes
+    on a CPU, and a log file gets no progress bar."""
     if cfg.data.shards:
         path = Path(os.path.expanduser(cfg.data.shards))
         if not (path / "manifest.json").is_file():
@@ -135,10 +138,18 @@ def ensure_shards(cfg: Config, progress: bool = False) -> Path:
     if not _finished(root, rec):
         with _locked(root.with_name(root.name + ".lock")):
             if not _finished(root, rec):
+                started = time.monotonic()
+                if say:
+                    say(f"making generated data first: {len(rec['subjects'])} subjects × "
+                        f"{rec['frames_per_subject']} frames × 4 cameras at {cfg.data.synth.size} "
+                        f"px under {cfg.body.cache_dir} (once; later runs reuse it)")
                 try:
                     _build(root, rec, arrays, progress)
                 except OSError as exc:
                     raise MeshrecError(f"cannot build generated data in {root}: {exc}") from None
+                if say:
+                    say(f"generated data ready in {time.monotonic() - started:.0f} s: "
+                        f"{root / 'shards'}")
     return root / "shards"
 
 

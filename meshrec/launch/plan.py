@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -154,16 +153,9 @@ def preflight(cfg: Config, progress: bool = False, out=print) -> str:
     generated stand-in data is built now when `data.shards` is '')."""
     from meshrec.body.load import resolve_model_path
     from meshrec.body.model_file import load_arrays
-    from meshrec.data.demo import demo_subjects, ensure_shards, existing_shards
+    from meshrec.data.demo import ensure_shards
     from meshrec.shards import manifest as shard_manifest
 
-    making = not cfg.data.shards and existing_shards(cfg) is None
-    if making:  # minutes on a CPU: say so, a log file gets no progress bar
-        s = cfg.data.synth
-        out(f"making generated data first: {len(demo_subjects(cfg))} subjects × "
-            f"{s.frames_per_subject} frames × 4 "
-            f"cameras at {s.size} px under {cfg.body.cache_dir} (once; later runs reuse it)")
-    started = time.monotonic()
     body_path = resolve_model_path(cfg.body)  # builds the stand-in when model_path is ''
     load_arrays(body_path)
     for value, what in ((cfg.body.h36m_regressor, "body.h36m_regressor"),
@@ -173,9 +165,7 @@ def preflight(cfg: Config, progress: bool = False, out=print) -> str:
             _readable(Path(value).expanduser(), what)
     if cfg.model.weights not in ("imagenet", "none"):
         _readable(Path(cfg.model.weights).expanduser(), "model.weights")
-    shards = ensure_shards(cfg, progress)
-    if making:
-        out(f"generated data ready in {time.monotonic() - started:.0f} s: {shards}")
+    shards = ensure_shards(cfg, progress, say=out)
     manifest = shard_manifest.load(shards)
     known = manifest.get("subjects", {})
     for field, subjects in (("data.train_subjects", cfg.data.train_subjects),

@@ -40,7 +40,8 @@ def test_demo_shards_are_built_once_verified_and_cover_every_split(cache, tmp_pa
     subjects = load(path)["subjects"]
     assert {"S1", "S5", "S6", "S9"} <= set(subjects)
     assert all(s["samples"] == 4 * 4 for s in subjects.values())  # 4 frames × 4 cameras
-    other = ensure_shards(tiny(cache, tmp_path, "data.synth.seed=1"), say=said.append)
+    # Seed 2: no other test builds it in this worker's cache, so this call must build.
+    other = ensure_shards(tiny(cache, tmp_path, "data.synth.seed=2"), say=said.append)
     assert other != path and other.parent.name.startswith("demo-")
     # A build says so before and after (a log file gets no progress bar).
     assert said[0].startswith("making generated data first: 4 subjects × 4 frames × 4 cameras")

@@ -28,8 +28,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 INFRA = Path(__file__).parent / "infra"
+
+# Three xdist workers share two cores (setup.cfg): one intra-op thread per process, and per process
+# they start (SLURM jobs inherit the submitter's environment), instead of OpenMP threads spinning
+# against each other. A value set by the caller is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (stable otherwise): xdist hands tests out in this order, so the long ones
+    start at once instead of trailing alone on one worker at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 # sinfo node states in which a partition can run jobs now or soon.
 _USABLE_STATES = {"idle", "mixed", "allocated", "completing"}

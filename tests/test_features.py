@@ -29,6 +29,7 @@ def built(cache: Path, tmp_path: Path, *more: str) -> tuple:
     return cfg, run_features(cfg)
 
 
+@pytest.mark.slow
 def test_cache_covers_every_crop_once_with_the_labels_of_the_shards(cache, tmp_path):
     from meshrec.data import build_loader
     from meshrec.features.loader import shard_keys
@@ -61,6 +62,7 @@ def test_cache_covers_every_crop_once_with_the_labels_of_the_shards(cache, tmp_p
     assert seen == len(images)
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_equals_training_from_images(cache, tmp_path):
     from meshrec.train.loop import train
 
@@ -101,6 +103,7 @@ def frozen_checkpoint_predicts_as_trained(out: Path, val_mse: float) -> None:
     assert evaluate.means(rec.model)["mse"] == pytest.approx(val_mse, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_missing_or_stale_cache_is_refused_with_what_differs(cache, tmp_path):
     from meshrec.data.demo import with_shards
     from meshrec.train.loop import train
@@ -128,6 +131,7 @@ def test_a_missing_or_stale_cache_is_refused_with_what_differs(cache, tmp_path):
                    "eval.subjects=[S11]"))
 
 
+@pytest.mark.slow
 def test_shards_repacked_in_place_make_the_default_cache_stale(cache, tmp_path):
     from meshrec.data.demo import with_shards
 
@@ -153,6 +157,7 @@ def test_shards_repacked_in_place_make_the_default_cache_stale(cache, tmp_path):
     assert again == root and fc.check(cfg) is None
 
 
+@pytest.mark.slow
 def test_augmented_views_are_epochs_of_the_training_loader(cache, tmp_path):
     from meshrec.data import build_loader
 

@@ -80,6 +80,7 @@ def _eval(capsys, *args: str) -> tuple[list[str], dict[str, float], dict[str, fl
     return lines, model, {"mpjpe_mm": float(base[1]), "pa_mpjpe_mm": float(base[2])}
 
 
+@pytest.mark.slow
 def test_packed_spin_files_hold_joints_and_no_smpl(spin):
     import json
 
@@ -89,6 +90,7 @@ def test_packed_spin_files_hold_joints_and_no_smpl(spin):
     assert "smpl.npy" not in manifest["members"] and "j3d.npy" in manifest["members"]
 
 
+@pytest.mark.slow
 def test_it_learns_from_joints_alone_and_beats_the_mean_on_protocol_2(trained, capsys):
     lines, model, base = _eval(capsys, "--checkpoint", str(trained), "--protocol", "h36m-p2")
     print(f"P2 on S9 ({model['samples']:.0f} crops): MPJPE {model['mpjpe_mm']:.1f} mm "
@@ -98,6 +100,7 @@ def test_it_learns_from_joints_alone_and_beats_the_mean_on_protocol_2(trained, c
     assert any(line.startswith("Directions") for line in lines)  # the per-action table
 
 
+@pytest.mark.slow
 def test_protocols_select_cameras_and_agree_with_spins_eval(spin, trained, capsys):
     from meshrec.body import h36m
     from meshrec.data import build_loader

@@ -282,6 +282,7 @@ def panel_intrinsics(meta: dict, aug: np.ndarray, net: int, size: int) -> render
     return render.Camera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], size, size)
 
 
+@pytest.mark.slow
 def test_the_true_mesh_lies_on_the_person_in_generated_samples(generated):
     batch, size = generated.batch, visual.PANEL
     assert batch["params"].shape[1] == 85 and bool(batch["has_smpl"].all())

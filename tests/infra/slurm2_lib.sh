@@ -82,7 +82,8 @@ wait_node_usable() {  # node [seconds]: until sinfo calls it idle/mixed/allocate
     case "$state" in
       idle | mixed | allocated | completing) log "$node $state"; return 0 ;;
       down* | drain* | fail*)
-        if [ "$resumed" = 0 ] && [ $((SECONDS - since)) -ge 3 ] && alive "$(node_pidfile "$node")"; then
+        if [ "$resumed" = 0 ] && [ $((SECONDS - since)) -ge 3 ] &&
+          alive "$(node_pidfile "$node")"; then
           scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
           resumed=1
         fi ;;

@@ -45,14 +45,16 @@ case "$ACTION" in
       kill -KILL $pids 2>/dev/null || true
       sleep 0.1
     done
-    [ -z "$(ip netns pids "$ns" || true)" ] || die "processes survive in $ns: $(ip netns pids "$ns")"
+    [ -z "$(ip netns pids "$ns" || true)" ] ||
+      die "processes survive in $ns: $(ip netns pids "$ns")"
     scontrol update nodename="$NODE" state=down reason="killed by slurm2_node.sh" ||
       die "scontrol could not set $NODE down" "$STATE/log/slurmctld.log"
     log "$NODE killed and DOWN"
     ;;
   revive)
     if ! alive "$(node_pidfile "$NODE")"; then
-      start_slurmd "$NODE" || die "slurmd for $NODE did not start" "$(node_log "$NODE")" "$START_LOG"
+      start_slurmd "$NODE" ||
+        die "slurmd for $NODE did not start" "$(node_log "$NODE")" "$START_LOG"
     fi
     wait_node_usable "$NODE" ||
       die "$NODE did not come back" "$(node_log "$NODE")" "$STATE/log/slurmctld.log" "$START_LOG"

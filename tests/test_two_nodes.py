@@ -135,6 +135,25 @@ def test_nodes_reach_a_server_bound_to_the_host_address(both_nodes_up):
     assert heard == cluster.addresses
 
 
+@pytest.mark.slurm
+def test_names_outside_etc_hosts_fail_at_once_on_the_nodes(both_nodes_up):
+    """The nodes reach no DNS server: a lookup /etc/hosts cannot answer (gloo's reverse lookup of
+    an IPv4-mapped peer address, say) must fail at once, not after a 10 s DNS timeout each."""
+    out = srun_on_both(both_nodes_up, sys.executable, "-c", """if True:
+        import socket, time
+        start = time.monotonic()
+        try:
+            socket.getaddrinfo("meshrec-no-such-host.invalid", 80)
+        except socket.gaierror:
+            pass
+        try:
+            socket.getnameinfo(("::ffff:10.77.0.250", 80), socket.NI_NAMEREQD)
+        except socket.gaierror:
+            pass
+        print(time.monotonic() - start < 2)""")
+    assert out == {0: "True", 1: "True"}
+
+
 REQUEUE_JOB = """#!/bin/bash
 # First run (SLURM_RESTART_COUNT unset): a step on both nodes that waits. After the requeue: done.
 srun -N2 -n2 --ntasks-per-node=1 sh -c \\

@@ -61,15 +61,28 @@ node_state() {  # sinfo's state of one node (idle, down*, …), empty if slurmct
 }
 
 start_slurmd() {  # node: slurmd in the node's network namespace, plus a UTS namespace whose
-  # hostname is the node's name (`hostname` in its jobs says node1) and a mount namespace in which
-  # /etc/slurm is /etc/netns/<ns>/slurm (this cluster's slurm.conf, for clients in its jobs).
+  # hostname is the node's name (`hostname` in its jobs says node1; gloo/NCCL resolve it to the
+  # node's address) and a mount namespace in which /etc/slurm and /etc/resolv.conf are those of
+  # /etc/netns/<ns>/ (this cluster's slurm.conf; a resolver that fails at once, as the nodes reach
+  # no DNS server and every lookup of a name not in /etc/hosts would otherwise hang 10 s).
   # Not `ip netns exec`: it remounts /sys without /sys/fs/cgroup, and slurmd 22.05 then fails
   # ("Unable to initialize cgroup plugin") even with proctrack/linuxproc and task/none.
   local node=$1 ns
   ns=$(node_ns "$node")
   nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation slave \
-    sh -c 'hostname "$1" && mount --bind "$3" /etc/slurm && exec slurmd -f "$2" -N "$1"' \
-    sh "$node" "$SLURM_CONF" "/etc/netns/$ns/slurm" </dev/null >>"$START_LOG" 2>&1 3>&-
+    sh -c 'hostname "$1" && mount --bind "$3/slurm" /etc/slurm &&
+           mount --bind "$3/resolv.conf" /etc/resolv.conf && exec slurmd -f "$2" -N "$1"' \
+    sh "$node" "$SLURM_CONF" "/etc/netns/$ns" </dev/null >>"$START_LOG" 2>&1 3>&-
+}
+
+stop_pid() {  # pidfile: SIGTERM, then wait up to 20 s (true if it stopped)
+  alive "$1" || return 0
+  kill "$(cat "$1")" 2>/dev/null || true
+  for _ in $(seq 100); do
+    alive "$1" || return 0
+    sleep 0.2
+  done
+  return 1
 }
 
 wait_node_usable() {  # node [seconds]: until sinfo calls it idle/mixed/allocated/completing.

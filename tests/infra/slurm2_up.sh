@@ -166,10 +166,19 @@ $node_lines
 PartitionName=$PARTITION Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
 
-# Inside a node namespace /etc/slurm is this directory (ip netns exec binds /etc/netns/<ns>/*).
+# Inside a node namespace /etc/slurm and /etc/resolv.conf are these (start_slurmd binds them, as
+# `ip netns exec` does for whatever is in /etc/netns/<ns>/).
+netns_changed=0
 for node in "${NODES[@]}"; do
-  mkdir -p "/etc/netns/$(node_ns "$node")/slurm"
-  ln -sfn "$SLURM_CONF" "/etc/netns/$(node_ns "$node")/slurm/slurm.conf"
+  etc=/etc/netns/$(node_ns "$node")
+  mkdir -p "$etc/slurm"
+  ln -sfn "$SLURM_CONF" "$etc/slurm/slurm.conf"
+  write_if_changed "$etc/resolv.conf" 644 <<EOF && netns_changed=1
+# meshrec two-node test cluster: the nodes reach no DNS server, names come from /etc/hosts.
+# Nothing listens on 127.0.0.1:53 in a node's namespace, so other lookups fail at once.
+nameserver 127.0.0.1
+options timeout:1 attempts:1
+EOF
 done
 
 # ---- accounting: this cluster in the one-node cluster's slurmdbd -------------------------------
@@ -196,6 +205,14 @@ if [ "$slurm_conf_changed" = 1 ] && ! all_stopped; then
   done
   wait_for "old slurmctld and slurmd stopped" 30 all_stopped ||
     die "the old slurmctld or a slurmd does not stop"
+fi
+if [ "$netns_changed" = 1 ]; then  # a slurmd already running sees the old files
+  for node in "${NODES[@]}"; do
+    if alive "$(node_pidfile "$node")"; then
+      log "/etc/netns changed: restarting slurmd $node"
+      stop_pid "$(node_pidfile "$node")" || die "the old slurmd $node does not stop"
+    fi
+  done
 fi
 if ! alive "$STATE/run/slurmctld.pid"; then
   slurmctld </dev/null >>"$START_LOG" 2>&1 3>&-

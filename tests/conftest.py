@@ -245,8 +245,11 @@ def _slurm2_usable(state_dir: str) -> SlurmTwoNodes | None:
 @pytest.fixture(scope="session")
 def slurm_two_nodes() -> Iterator[SlurmTwoNodes]:
     state_dir = _slurm2_state_dir()
-    with open(_SLURM2_LOCKS / "meshrec-slurm2-up.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers: one starts the cluster, the others wait
+    with (open(_SLURM2_LOCKS / "meshrec-slurm2-up.lock", "w") as lock,
+          _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_SH)):
+        # xdist workers: one starts the cluster, the others wait; and none mistakes a node that a
+        # node_failure of another worker holds down for a broken cluster (and revives it).
+        fcntl.flock(lock, fcntl.LOCK_EX)
         cluster = _slurm2_usable(state_dir)
         started = False
         if cluster is None:

@@ -5,6 +5,12 @@
   and stops it at the end of the session (``MESHREC_KEEP_SLURM=1`` leaves it running). Without
   root it skips, except under ``CI=true``, where not getting a cluster fails. Tests using it carry
   ``@pytest.mark.slurm``.
+- ``slurm_two_nodes``: a second, two-node SLURM cluster (``tests/infra/slurm2_up.sh``: nodes
+  node1 and node2 in network namespaces on this machine, partition ``two``). Tests reach it with
+  ``env=slurm_two_nodes.env()`` (``SLURM_CONF``); ``os.environ`` is never changed. Same start,
+  stop and skip rules as ``slurm_cluster``. ``both_nodes_up`` is a function-scoped wrapper that
+  keeps node-killing tests (``slurm_two_nodes.node_failure``) of other xdist workers out while the
+  test runs.
 - ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session.
 - ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
 - ``meshrec_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
@@ -15,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -127,6 +134,165 @@ def _slurm_partition() -> tuple[str, bool]:
             pytest.fail("tests/infra/slurm_up.sh succeeded, yet SLURM has no usable default "
                         "partition", pytrace=False)
     return partition, started
+
+
+# ---- the two-node cluster --------------------------------------------------------------------
+
+_SLURM2_LOCKS = Path(tempfile.gettempdir())
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmTwoNodes:
+    """The two-node cluster of ``tests/infra/slurm2_up.sh``.
+
+    ``conf`` is its ``SLURM_CONF``: pass ``env=cluster.env()`` to sbatch/srun/squeue/sacct/scontrol
+    (and ``monkeypatch.setenv("SLURM_CONF", cluster.conf)`` for submitit, which runs them with
+    ``os.environ``). ``addresses`` maps node names to their IPs; ``host_address`` is this
+    machine's address on the nodes' bridge (``host_name`` resolves to it everywhere): bind a
+    server there (not 127.0.0.1, which on a node is the node's own loopback) for the nodes to
+    reach it. Job ids start at 1000000, apart from the one-node cluster's.
+    """
+
+    partition: str
+    conf: str
+    state_dir: str
+    nodes: tuple[str, ...]
+    addresses: dict[str, str]
+    host_address: str
+    host_name: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """``os.environ`` plus this cluster's ``SLURM_CONF`` (and ``extra``)."""
+        return {**os.environ, "SLURM_CONF": self.conf, **extra}
+
+    def _node(self, action: str, node: str) -> None:
+        done = subprocess.run(["bash", str(INFRA / "slurm2_node.sh"), action, node,
+                               self.state_dir], capture_output=True, text=True, timeout=180,
+                              check=False)
+        if done.returncode != 0:
+            pytest.fail(f"slurm2_node.sh {action} {node} failed:\n{done.stderr[-4000:]}",
+                        pytrace=False)
+
+    def kill(self, node: str) -> None:
+        """SIGKILL everything running on ``node`` (slurmd, steps, tasks) and mark it DOWN: its
+        jobs end NODE_FAIL at once, ``--requeue`` ones go back to the queue."""
+        self._node("kill", node)
+
+    def revive(self, node: str) -> None:
+        """Restart ``node``'s slurmd and wait until the node takes jobs again."""
+        self._node("revive", node)
+
+    @contextlib.contextmanager
+    def node_failure(self, node: str) -> Iterator[None]:
+        """Kill ``node`` now and revive it on leaving (whatever happened), holding the cluster
+        exclusively: ``both_nodes_up`` tests of other xdist workers wait meanwhile."""
+        with _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_EX):
+            try:
+                self.kill(node)
+                yield
+            finally:
+                self.revive(node)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _slurm2_state_dir() -> str:
+    """Where the two-node cluster lives: MESHREC_SLURM2_CONF's folder (CI exports it), or the
+    start script's default."""
+    conf = os.environ.get("MESHREC_SLURM2_CONF")
+    return str(Path(conf).parent) if conf else "/tmp/meshrec-slurm2"
+
+
+def _slurm2_usable(state_dir: str) -> SlurmTwoNodes | None:
+    """The two-node cluster, if its slurmctld answers, keeps accounting and both nodes are
+    usable; else None."""
+    conf = Path(state_dir) / "slurm.conf"
+    if shutil.which("sbatch") is None or not conf.is_file():
+        return None
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+
+    def quiet(cmd: list[str]) -> str | None:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    ping = quiet(["scontrol", "ping"])
+    if ping is None or "is UP" not in ping or quiet(["sacct", "-n", "-X", "-S", "now"]) is None:
+        return None
+    addresses = {}
+    for line in (quiet(["scontrol", "show", "node", "-o"]) or "").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        addresses[fields["NodeName"]] = fields["NodeAddr"]
+    # sinfo's states: idle, mixed, … usable; down*, drained, idle* (not responding) … not.
+    states = dict(line.split() for line in (quiet(["sinfo", "-h", "-N", "-o", "%N %T"]) or "")
+                  .splitlines())
+    partition = None
+    for line in (quiet(["sinfo", "-h", "-o", "%P %a"]) or "").splitlines():
+        name, avail = line.split()
+        if name.endswith("*") and avail == "up":
+            partition = name[:-1]
+    if (partition is None or sorted(addresses) != ["node1", "node2"]
+            or sorted(states) != ["node1", "node2"]
+            or not all(state in _USABLE_STATES for state in states.values())):
+        return None
+    host = next((line.split() for line in Path("/etc/hosts").read_text().splitlines()
+                 if line.split()[1:2] == ["meshrec2-host"]), None)
+    if host is None:
+        return None
+    return SlurmTwoNodes(partition=partition, conf=str(conf), state_dir=state_dir,
+                         nodes=("node1", "node2"), addresses=addresses, host_address=host[0],
+                         host_name="meshrec2-host")
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Iterator[SlurmTwoNodes]:
+    state_dir = _slurm2_state_dir()
+    with (open(_SLURM2_LOCKS / "meshrec-slurm2-up.lock", "w") as lock,
+          _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_SH)):
+        # xdist workers: one starts the cluster, the others wait; and none mistakes a node that a
+        # node_failure of another worker holds down for a broken cluster (and revives it).
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cluster = _slurm2_usable(state_dir)
+        started = False
+        if cluster is None:
+            if os.geteuid() != 0 and not _in_ci():
+                pytest.skip("the two-node SLURM cluster is not up, and starting it needs root "
+                            "(sudo bash tests/infra/slurm2_up.sh)")
+            up = subprocess.run(["bash", str(INFRA / "slurm2_up.sh"), state_dir],
+                                capture_output=True, text=True, timeout=1200, check=False)
+            if up.returncode != 0:
+                pytest.fail(f"tests/infra/slurm2_up.sh failed (exit {up.returncode}):\n"
+                            f"{up.stderr[-6000:]}", pytrace=False)
+            started = True
+            cluster = _slurm2_usable(state_dir)
+            if cluster is None:
+                pytest.fail("tests/infra/slurm2_up.sh succeeded, yet the two-node cluster is not "
+                            "usable", pytrace=False)
+    yield cluster
+    # Under xdist another worker may still be using it: only a lone session stops what it started.
+    if (started and os.environ.get("MESHREC_KEEP_SLURM") != "1"
+            and "PYTEST_XDIST_WORKER" not in os.environ):
+        subprocess.run(["bash", str(INFRA / "slurm2_down.sh"), state_dir], capture_output=True,
+                       timeout=300, check=False)
+
+
+@pytest.fixture
+def both_nodes_up(slurm_two_nodes: SlurmTwoNodes) -> Iterator[SlurmTwoNodes]:
+    """``slurm_two_nodes`` for a test that needs both nodes: no ``node_failure`` of another xdist
+    worker runs meanwhile (shared lock; node_failure takes it exclusively)."""
+    with _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_SH):
+        yield slurm_two_nodes
 
 
 def _free_port() -> int:

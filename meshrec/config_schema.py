@@ -202,6 +202,10 @@ class Launch:
                        choices=("auto", "slurm", "local"))
     job_name: str = _f("meshrec", "SLURM job name")
     log_dir: str = _f("runs/submitit", "submitit logs and pickles")
+    rendezvous_timeout_s: int = _f(120, "seconds a rank waits to reach rank 0's rendezvous "
+                                   "(MASTER_ADDR:MASTER_PORT) before it fails", min=1)
+    socket_ifname: str = _f("", "network interface between nodes (sets GLOO_SOCKET_IFNAME and "
+                            "NCCL_SOCKET_IFNAME); '' = the one that reaches the other nodes")
     slurm: Slurm = _section(Slurm, "sbatch parameters")
 
 

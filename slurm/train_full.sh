@@ -61,6 +61,10 @@ requeue() {
 }
 trap requeue USR1
 
+# The rendezvous port: free now on this node, the allocation's first, where rank 0 runs (a port
+# derived from the job id could be taken; a requeued run picks again).
+export MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -m meshrec.train.rendezvous)}
+
 # In the background + wait, so the trap runs as soon as the signal arrives.
 srun --kill-on-bad-exit=1 "$PYTHON" -m meshrec.cli train --config "$CONFIG" --out "$OUT" \
     "data.train_subjects=${SUBJECTS}" "${EXTRA[@]}" &

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -110,9 +111,16 @@ def executor_parameters(cfg: Config, executor: str) -> dict[str, Any]:
             params[f"slurm_{name}"] = getattr(s, name)
     params["slurm_array_parallelism"] = s.array_parallelism
     params["slurm_signal_delay_s"] = s.signal_delay_s
-    if s.additional:
-        params["slurm_additional_parameters"] = dict(s.additional)
-    params["slurm_setup"] = setup
+    # Requeued after a node failure even where the cluster's JobRequeue=0 (unless the user says
+    # no-requeue); the requeued cell resumes from its checkpoint.
+    extra: dict[str, Any] = {"requeue": True}
+    extra.update(s.additional)
+    if any(k.replace("_", "-") == "no-requeue" for k in extra):
+        del extra["requeue"]
+    params["slurm_additional_parameters"] = extra
+    # The rendezvous port: free now on the first node, where the batch script and rank 0 run.
+    params["slurm_setup"] = [*setup, f"export MASTER_PORT=$({sys.executable} -m "
+                                      "meshrec.train.rendezvous)"]
     return params
 
 

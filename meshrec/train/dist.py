@@ -20,7 +20,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import subprocess
 from typing import Any, Callable, Mapping
 
@@ -28,6 +27,8 @@ import torch
 import torch.distributed as dist
 
 from meshrec.errors import MeshrecError
+from meshrec.train import rendezvous
+from meshrec.train.rendezvous import free_port
 
 # Ports derived from a SLURM job id fall in this range (submitit uses the same one).
 _PORT_RANGE = (20000, 60000)
@@ -69,24 +70,46 @@ def _int(env: Mapping[str, str], name: str) -> int:
         raise MeshrecError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
-def first_host(nodelist: str) -> str:
-    """First host name of a SLURM node list such as 'gpu[03-05,09],cpu1'."""
+def hostnames(nodelist: str) -> list[str]:
+    """Host names of a SLURM node list such as 'gpu[03-05,09],cpu1', in order (scontrol's
+    expansion where it is installed, else our own)."""
     if shutil.which("scontrol"):
         try:
             out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
                                  text=True, timeout=30, check=True).stdout.split()
             if out:
-                return out[0]
+                return out
         except (OSError, subprocess.SubprocessError):
             pass
-    # Without scontrol: the first entry, with its first range expanded.
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if match is None:
+    return expand_nodelist(nodelist)
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's host list syntax expanded without scontrol: 'a[01-02,7]b,c' → a01b a02b a07b c."""
+    hosts: list[str] = []
+    for prefix, ranges, suffix in re.findall(r"([^,\[]+)(?:\[([^\]]+)\])?([^,\[]*),?",
+                                             nodelist.strip()):
+        if not ranges:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            for n in range(int(low), int(high or low) + 1):
+                hosts.append(f"{prefix}{n:0{len(low)}d}{suffix}")
+    if not hosts:
         raise MeshrecError(f"cannot read the SLURM node list {nodelist!r}")
-    prefix, ranges = match.groups()
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return hosts
+
+
+def first_host(nodelist: str) -> str:
+    """First host name of a SLURM node list."""
+    return hostnames(nodelist)[0]
+
+
+def step_hosts(env: Mapping[str, str]) -> list[str]:
+    """The hosts of this SLURM step (empty outside SLURM)."""
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
+    return hostnames(nodelist) if nodelist else []
 
 
 def _port_from_job(job_id: str) -> int:
@@ -151,8 +174,12 @@ def init_distributed(cfg: Any) -> DistEnv:
     if launch.world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", launch.master_addr)
         os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+        hosts = step_hosts(os.environ) if launch.source in ("submitit", "slurm") else []
+        rendezvous.link_nodes(launch.master_addr, hosts, cfg.launch.socket_ifname, os.environ)
+        store = rendezvous.open_store(launch.master_addr, launch.master_port, launch.rank,
+                                      launch.world_size, cfg.launch.rendezvous_timeout_s)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=launch.rank,
+        dist.init_process_group(backend, store=store, rank=launch.rank,
                                 world_size=launch.world_size,
                                 device_id=device if device.type == "cuda" else None)
     return DistEnv(launch.rank, launch.world_size, launch.local_rank, device, launch.source)
@@ -178,12 +205,6 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child(local_rank: int, nprocs: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1",
@@ -199,5 +220,5 @@ def spawn_local(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     """
     if nprocs < 1:
         raise MeshrecError(f"need at least one process, got {nprocs}")
-    torch.multiprocessing.spawn(_child, args=(nprocs, free_port(), fn, args), nprocs=nprocs,
+    torch.multiprocessing.spawn(_child, args=(nprocs, free_port("127.0.0.1"), fn, args), nprocs=nprocs,
                                 join=True)

@@ -11,7 +11,8 @@
   stop and skip rules as ``slurm_cluster``. ``both_nodes_up`` is a function-scoped wrapper that
   keeps node-killing tests (``slurm_two_nodes.node_failure``) of other xdist workers out while the
   test runs.
-- ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session.
+- ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session;
+  ``nodes_mlflow``: one on the two-node cluster's bridge, which its nodes reach.
 - ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
 - ``meshrec_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
   session so that every module's tiny cells share what it holds.
@@ -26,7 +27,6 @@ import dataclasses
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from meshrec.train.rendezvous import free_port
 
 INFRA = Path(__file__).parent / "infra"
 
@@ -295,19 +297,24 @@ def both_nodes_up(slurm_two_nodes: SlurmTwoNodes) -> Iterator[SlurmTwoNodes]:
         yield slurm_two_nodes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Tracking URI (``http://127.0.0.1:PORT``) of a server storing into a temporary directory."""
-    folder = tmp_path_factory.mktemp("mlflow")
+    yield from _mlflow(tmp_path_factory.mktemp("mlflow"), "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def nodes_mlflow(slurm_two_nodes: SlurmTwoNodes,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of a server the two-node cluster's nodes reach (on the bridge's host
+    address: 127.0.0.1 on a node is the node itself)."""
+    yield from _mlflow(tmp_path_factory.mktemp("mlflow-nodes"), slurm_two_nodes.host_address)
+
+
+def _mlflow(folder: Path, host: str) -> Iterator[str]:
     env = {**os.environ, "PYTHON": sys.executable}
-    up = subprocess.run(["bash", str(INFRA / "mlflow_up.sh"), str(_free_port()), str(folder)],
-                        capture_output=True, text=True, env=env, timeout=180, check=False)
+    up = subprocess.run(["bash", str(INFRA / "mlflow_up.sh"), str(free_port(host)), str(folder),
+                         host], capture_output=True, text=True, env=env, timeout=180, check=False)
     try:
         if up.returncode != 0:
             pytest.fail(f"tests/infra/mlflow_up.sh failed (exit {up.returncode}):\n"

@@ -18,6 +18,8 @@ import yaml
 from mlflow import MlflowClient
 from playwright.sync_api import Page, Playwright, expect, sync_playwright
 
+from tests.tiny_config import CELL
+
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "runs" / "browser"
 WAIT_MS = 90_000  # a shared 2-core machine: the UI can take long to render
@@ -27,12 +29,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 # What the model-training shell keeps in its links (the UI's own run links drop it; see sweep.ui_page).
 MODEL_TRAINING = "workflowType=machine_learning"
 # test_sweep.py's tiny cells, one local process each.
-TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=false",
-        "model.hidden=64", "data.image_size=32", "data.batch_size=8", "eval.batch_size=8",
-        "data.synth.frames_per_subject=8", "data.synth.size=32", "data.backend=torch",
-        "data.num_threads=1", "train.epochs=1", "train.checkpoint_every=0", "track.overlays=0",
-        "train.device=cpu", "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=1",
-        "launch.slurm.cpus_per_task=1"]
+TINY = [*CELL, "train.device=cpu", "launch.slurm.gpus_per_node=0",
+        "launch.slurm.tasks_per_node=1", "launch.slurm.cpus_per_task=1"]
 GRID = {"loss.w_body": [0.1, 1.0], "loss.type": ["l1"]}
 CELL_NAMES = ["w_body=0.1 type=l1", "w_body=1.0 type=l1"]
 

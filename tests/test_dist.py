@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from meshrec.config import Config
+from meshrec.errors import MeshrecError
 from meshrec.train import dist as mdist
+from meshrec.train.rendezvous import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,6 +113,60 @@ def test_first_host_of_node_lists(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, *lists], env={"PATH": str(tmp_path)},
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout) == expected, out.stderr
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="needs scontrol (SLURM's client)")
+def test_node_lists_expand_as_scontrol_expands_them():
+    lists = ["cn[003-010],gpu1", "solo", "a-1,b", "gpu[7,9-10]", "n[08-10]",
+             "x[1-2],y[05-06]"]
+    for nodelist in lists:
+        expected = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                                  text=True, check=True, timeout=30).stdout.split()
+        assert mdist.expand_nodelist(nodelist) == expected, nodelist
+
+
+def _train_alone(env: dict[str, str], *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`meshrec train` in a fresh interpreter with exactly these launcher variables."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SUBMITIT_")) and k not in _LAUNCH_VARS}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "meshrec.cli", "train", "--config",
+                           str(ROOT / "configs" / "demo.yaml"), *overrides],
+                          env={**base, **env}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    return done, time.monotonic() - started
+
+
+def test_a_rank_that_cannot_reach_the_rendezvous_fails_in_time_in_one_line(tmp_path):
+    port = free_port("127.0.0.1")  # nobody serves it
+    done, took = _train_alone({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                               "MASTER_PORT": str(port)}, "launch.rendezvous_timeout_s=3",
+                              f"train.output_dir={tmp_path}", f"body.cache_dir={tmp_path}")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"rank 1 could not reach the rendezvous at 127.0.0.1:{port} within 3 s" in last
+    assert took < 120  # not gloo's 30 minutes: 3 s plus the interpreter's start
+    # Rank 0 waits as long for the others, then names what it served.
+    done, _ = _train_alone({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(port)}, "launch.rendezvous_timeout_s=3",
+                           f"train.output_dir={tmp_path}", f"body.cache_dir={tmp_path}")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (f"rank 0 could not serve the rendezvous on port {port} of 127.0.0.1, or not every "
+            "one of 2 ranks reached it within 3 s") in done.stderr.strip().splitlines()[-1]
+
+
+def test_other_nodes_must_not_reach_the_first_host_by_a_loopback_address():
+    from meshrec.train import rendezvous
+
+    env = {"SLURMD_NODENAME": "node2"}
+    with pytest.raises(MeshrecError, match="on node node2, the first host localhost resolves to "
+                                           "127.0.0.1, a loopback address"):
+        rendezvous.link_nodes("localhost", ["localhost", "node2"], "", env)
+    # One node: nothing to choose; a configured interface is passed to gloo and NCCL alike.
+    assert rendezvous.link_nodes("localhost", ["localhost"], "", env) is None
+    assert rendezvous.link_nodes("localhost", ["a", "b"], "ib0", env) == "ib0"
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "ib0"
+    assert rendezvous.route_to("127.0.0.1") == ("lo", "127.0.0.1")
 
 
 def _reduce_worker(out_dir: str) -> None:

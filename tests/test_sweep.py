@@ -24,16 +24,13 @@ from meshrec.launch.report import against_baseline, ui_command
 from meshrec.launch.runs import run_label
 from meshrec.launch.grid import load_sweep
 from tests.slurm_jobs import in_queue, jobs_named, unfinished, wait_for
+from tests.tiny_config import CELL
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "launch" / "sweep.py")]
-TINY = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=false",
-        "model.hidden=64", "data.image_size=32", "data.batch_size=8", "eval.batch_size=8",
-        "data.synth.frames_per_subject=8", "data.synth.size=32", "data.backend=torch",
-        "data.num_threads=1", "train.epochs=1", "train.checkpoint_every=0", "track.overlays=0",
-        "train.device=cpu", "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=2",
-        "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10",
-        "launch.executor=slurm"]
+TINY = [*CELL, "train.device=cpu", "launch.slurm.gpus_per_node=0",
+        "launch.slurm.tasks_per_node=2", "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0",
+        "launch.slurm.time_min=10", "launch.executor=slurm"]
 
 
 @pytest.fixture(scope="session")

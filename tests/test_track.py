@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from meshrec.config import Config, config_hash, to_dict, with_overrides
 from meshrec.track import DONE_TAG, MAX_PARAM_LEN, Tracker, flatten_params
+from meshrec.train.rendezvous import free_port
 
 INFRA = Path(__file__).parent / "infra"
 # Generous: a logging call may never block for anything like MLflow's default minutes.
@@ -134,15 +135,9 @@ def test_disabled_tracker_does_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_never_blocks(caplog):
     caplog.set_level(logging.WARNING, logger="meshrec.track")
-    cfg = _cfg(f"http://127.0.0.1:{_free_port()}", **{"track.flush_timeout_s": 2})
+    cfg = _cfg(f"http://127.0.0.1:{free_port('127.0.0.1')}", **{"track.flush_timeout_s": 2})
     tracker = Tracker(cfg, enabled=True)
     began = time.monotonic()
     assert tracker.start("nowhere", to_dict(cfg), {}, wait_s=1) is None
@@ -169,7 +164,7 @@ def _server(script: str, *args: str) -> str:
 @pytest.mark.slow
 def test_server_down_mid_run_then_back(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="meshrec.track")
-    port, folder = str(_free_port()), str(tmp_path / "mlflow")
+    port, folder = str(free_port("127.0.0.1")), str(tmp_path / "mlflow")
     uri = _server("mlflow_up.sh", port, folder)
     try:
         cfg = _cfg(uri)

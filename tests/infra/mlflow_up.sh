@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Start one `mlflow server` process on loopback: SQLite store and proxied artifacts under DIR.
+# Start one `mlflow server` process: SQLite store and proxied artifacts under DIR.
 #
-#   bash tests/infra/mlflow_up.sh [PORT] [DIR]      # defaults: 5000, /tmp/meshrec-mlflow
+#   bash tests/infra/mlflow_up.sh [PORT] [DIR] [HOST]  # defaults: 5000, /tmp/meshrec-mlflow,
+#                                                      # 127.0.0.1 (HOST: the address it listens on)
 #
-# Prints the tracking URI (http://127.0.0.1:PORT) on stdout once /health answers; progress and
+# Prints the tracking URI (http://HOST:PORT) on stdout once /health answers; progress and
 # errors go to stderr. Idempotent: a healthy server already started for DIR is reused.
 # Uses the mlflow of $PYTHON (default python3). Stop with mlflow_down.sh [DIR].
 set -euo pipefail
@@ -12,7 +13,8 @@ PORT=${1:-5000}
 DIR=$(realpath -m "${2:-/tmp/meshrec-mlflow}")
 PYTHON=${PYTHON:-python3}
 TIMEOUT=${MESHREC_MLFLOW_TIMEOUT:-60}
-URI="http://127.0.0.1:$PORT"
+HOST=${3:-127.0.0.1}
+URI="http://$HOST:$PORT"
 PIDFILE="$DIR/mlflow.pid"
 LOG="$DIR/mlflow.log"
 
@@ -46,7 +48,7 @@ fi
 cd "$DIR"
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PYTHON" -m mlflow server \
   --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$DIR/artifacts" \
-  --host 127.0.0.1 --port "$PORT" --workers 1 </dev/null >"$LOG" 2>&1 &
+  --host "$HOST" --port "$PORT" --workers 1 </dev/null >"$LOG" 2>&1 &
 echo $! >"$PIDFILE"
 echo "$URI" >"$DIR/mlflow.uri"
 

@@ -121,6 +121,25 @@ def test_tasks_per_node_defaults_to_one_per_gpu_and_gres_replaces_gpus_per_node(
     assert params["slurm_gres"] == "gpu:4" and "gpus_per_node" not in params
 
 
+def test_cells_ask_to_be_requeued_and_find_their_rendezvous_port_on_the_first_node():
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    cfg = plan(REPO / "configs" / "loss_weights.yaml", ["launch.slurm.nodes=2"]).cfg
+    params = executor_parameters(cfg, "slurm")
+    script = _make_sbatch_string("python -c pass", "/tmp/x", setup=params["slurm_setup"],
+                                 additional_parameters=params["slurm_additional_parameters"])
+    assert "#SBATCH --requeue" in script.splitlines()  # after NODE_FAIL, even if JobRequeue=0
+    (port,) = [line for line in params["slurm_setup"] if "MASTER_PORT" in line]
+    assert port == f"export MASTER_PORT=$({sys.executable} -m meshrec.train.rendezvous)"
+    printed = subprocess.run([sys.executable, "-m", "meshrec.train.rendezvous"], cwd=REPO,
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    assert 0 < int(printed) < 65536
+    opted_out = plan(REPO / "configs" / "loss_weights.yaml",
+                     ['launch.slurm.additional={no-requeue: ""}']).cfg
+    assert executor_parameters(opted_out, "slurm")["slurm_additional_parameters"] == {
+        "no-requeue": True}
+
+
 # ------------------------------------------------------------------ real SLURM
 
 @pytest.mark.slurm

@@ -115,7 +115,8 @@ def executor_parameters(cfg: Config, executor: str) -> dict[str, Any]:
     # no-requeue); the requeued cell resumes from its checkpoint.
     extra: dict[str, Any] = {"requeue": True}
     extra.update(s.additional)
-    if any(k.replace("_", "-") == "no-requeue" for k in extra):
+    for key in [k for k in extra if k.replace("_", "-") == "no-requeue"]:
+        extra[key] = True  # a flag: submitit writes `--no-requeue` for True
         del extra["requeue"]
     params["slurm_additional_parameters"] = extra
     # The rendezvous port: free now on the first node, where the batch script and rank 0 run.

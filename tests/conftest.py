@@ -48,10 +48,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def _group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return (marker.args or [marker.kwargs.get("name")])[0] if marker else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first (stable otherwise): xdist hands tests out in this order, so the long ones
-    start at once instead of trailing alone on one worker at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Slow tests first (SLURM's among them first), and xdist groups (modules whose fixtures are
+    built once) that hold one with them; stable otherwise. xdist (--dist loadgroup --no-loadscope-reorder) hands tests out
+    in this order, so the long ones start at once instead of trailing on one worker at the end."""
+    heavy = {_group(item) for item in items if item.get_closest_marker("slow")} - {None}
+    # Among them SLURM's first: they mostly wait, beside the ones that compute.
+    items.sort(key=lambda item: (not (item.get_closest_marker("slow") or _group(item) in heavy),
+                                 item.get_closest_marker("slurm") is None))
 
 # sinfo node states in which a partition can run jobs now or soon.
 _USABLE_STATES = {"idle", "mixed", "allocated", "completing"}

@@ -35,7 +35,9 @@ GRID = {"loss.w_body": [0.1, 1.0], "loss.type": ["l1"]}
 CELL_NAMES = ["w_body=0.1 type=l1", "w_body=1.0 type=l1"]
 
 # chromium first: without it the module skips (or fails, in CI) before a sweep is run for nothing.
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium")]
+# One xdist worker runs them all: the module's sweep is made once.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium"),
+              pytest.mark.xdist_group("browser")]
 
 
 @dataclasses.dataclass(frozen=True)

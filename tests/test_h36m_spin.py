@@ -16,6 +16,9 @@ from meshrec.errors import MeshrecError
 
 from spin_reference import spin_eval
 
+# Its module fixtures are built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("h36m_spin")
+
 TRAIN, TEST = ("S1", "S5"), ("S9",)
 
 

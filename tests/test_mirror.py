@@ -18,6 +18,9 @@ from meshrec.body.smpl import BodyModel
 from meshrec.errors import MeshrecError
 from tests.smpl_reference import random_smpl_arrays, smpl_forward_np, uv_sphere
 
+# Its module fixtures are built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("mirror")
+
 RINGS, SEGMENTS = 84, 82     # SMPL's 6,890 vertices
 PLANE_X = 0.03               # the symmetric test body's mirror plane: x = 3 cm, not 0
 M = np.diag([-1.0, 1.0, 1.0])

@@ -68,6 +68,7 @@ def ended(cluster, name: str) -> bool:
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.xdist_group("node_failure")  # no other node-killing test meanwhile
 def test_a_two_node_cell_outlives_a_dead_node_and_equals_a_one_node_run(
         slurm_two_nodes, nodes_mlflow, meshrec_cache, tmp_path, monkeypatch):
     cluster = slurm_two_nodes

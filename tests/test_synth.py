@@ -26,6 +26,9 @@ from meshrec.synth.rng import stream
 from meshrec.synth.settings import Settings
 from meshrec.synth.subjects import SUBJECTS, parse_subjects, subject_betas
 
+# Its module fixtures are built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("synth")
+
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = REPO / "shards" / "synth.py"
 SUBSET = ["S1", "S9"]

@@ -25,6 +25,9 @@ from meshrec.shards.pack import PackConfig, pack
 from meshrec.synth import cameras, generate, motion, writer
 from meshrec.synth.settings import Settings
 
+# Its module fixtures are built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("synth_pack")
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = Settings(seed=5, size=256, frames_per_subject=8)
 SUBJECTS = ["S1", "S5", "S9"]

@@ -163,6 +163,8 @@ srun -N2 -n2 --ntasks-per-node=1 sh -c \\
 
 
 @pytest.mark.slurm
+# Tests that kill a node run one after the other (their jobs would die of each other's kills).
+@pytest.mark.xdist_group("node_failure")
 def test_requeued_job_survives_a_killed_node(slurm_two_nodes, tmp_path):
     cluster = slurm_two_nodes
     script = tmp_path / "job.sh"

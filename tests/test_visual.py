@@ -21,6 +21,9 @@ from meshrec.loss import normalized_keypoints, project
 from meshrec.model import Prediction
 from meshrec.train import visual
 
+# Its module fixtures are built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("visual")
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 

@@ -50,8 +50,10 @@ die() {  # message, then the tails of the logs that explain it
   exit 1
 }
 
-alive() {  # pid file -> true if its process runs
-  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() {  # pid file -> true if its process runs (a zombie does not: kill -0 succeeds on one,
+  # and a killed daemon can stay a zombie for seconds where nothing reaps orphans promptly)
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null &&
+    [ "$(awk '{print $3}' "/proc/$(cat "$1")/stat" 2>/dev/null)" != Z ]
 }
 
 wait_for() {  # message, seconds, command...; polls the command until it succeeds, then logs

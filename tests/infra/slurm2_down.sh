@@ -28,17 +28,7 @@ stop_pidfile() {  # name pidfile: TERM, wait up to 20 s, then KILL
 }
 
 if [ -f "$SLURM_CONF" ] && ctld_ok; then
-  jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
-  if [ -n "$jobs" ]; then
-    log "cancelling jobs: $(echo $jobs)"
-    # shellcheck disable=SC2086
-    scancel $jobs 2>/dev/null || true
-    for _ in $(seq 50); do
-      [ -z "$(timeout 10 squeue -h -o %i 2>/dev/null)" ] && break
-      sleep 0.2
-    done
-  fi
-  scontrol shutdown >/dev/null 2>&1 || true  # stops both slurmd and slurmctld
+  stop_cluster
 fi
 for node in "${NODES[@]}"; do stop_pidfile "slurmd $node" "$(node_pidfile "$node")"; done
 stop_pidfile slurmctld "$STATE/run/slurmctld.pid"

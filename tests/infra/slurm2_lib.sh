@@ -34,25 +34,9 @@ node_veth() { echo "mr2-$1"; }                    # host end of its veth pair (e
 node_pidfile() { echo "$STATE/run/slurmd-$1.pid"; }  # SlurmdPidFile=…/slurmd-%n.pid
 node_log() { echo "$STATE/log/slurmd-$1.log"; }
 
-alive() {  # pid file -> true if its process runs. A killed daemon can stay a zombie for many
-  # seconds here (nothing reaps orphans promptly), and kill -0 succeeds on a zombie.
-  local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  kill -0 "$pid" 2>/dev/null || return 1
-  [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
-}
-
-wait_for() {  # message, seconds, command...; polls the command until it succeeds, then logs
-  local what=$1 secs=$2 deadline
-  shift 2
-  deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.3
-  done
-  log "$what"
-}
+# shellcheck source=tests/infra/slurm_common.sh
+# alive, wait_for, common_slurm_conf, stop_cluster
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_common.sh"
 
 ctld_ok() { timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; }
 

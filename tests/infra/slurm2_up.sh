@@ -128,23 +128,7 @@ SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 # Job ids of this cluster never meet the one-node cluster's (submitit caches states by job id).
 FirstJobId=1000000
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-# Short credential lifetime: a requeued job may restart ~11 s after it stopped, not ~121 s.
-AuthInfo=cred_expire=10
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-MailProg=/bin/true
-JobAcctGatherType=jobacct_gather/linux
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-# Start jobs within a second of submission instead of after a scheduling cycle of up to a minute.
-SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
+$(common_slurm_conf)
 EnforcePartLimits=ALL
 # Batch jobs may be requeued (after NODE_FAIL, by scontrol requeue) unless submitted --no-requeue.
 JobRequeue=1

@@ -10,6 +10,8 @@ STATE=$(realpath -m "${1:-/tmp/meshrec-slurm}")
 export SLURM_CONF="$STATE/slurm.conf"
 
 log() { echo "slurm_down: $*" >&2; }
+# shellcheck source=tests/infra/slurm_common.sh
+. "$(dirname "$0")/slurm_common.sh"
 
 stop_pidfile() {  # name pidfile: TERM, wait up to 20 s, then KILL
   local name=$1 pidfile=$2 pid i
@@ -31,17 +33,7 @@ if [ ! -f "$SLURM_CONF" ]; then
 fi
 
 if timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; then
-  jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
-  if [ -n "$jobs" ]; then
-    log "cancelling jobs: $(echo $jobs)"
-    # shellcheck disable=SC2086
-    scancel $jobs 2>/dev/null || true
-    for _ in $(seq 50); do
-      [ -z "$(timeout 10 squeue -h -o %i 2>/dev/null)" ] && break
-      sleep 0.2
-    done
-  fi
-  scontrol shutdown >/dev/null 2>&1 || true  # stops slurmd and slurmctld
+  stop_cluster
 fi
 stop_pidfile slurmd "$STATE/run/slurmd.pid"
 stop_pidfile slurmctld "$STATE/run/slurmctld.pid"

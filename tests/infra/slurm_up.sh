@@ -50,22 +50,8 @@ die() {  # message, then the tails of the logs that explain it
   exit 1
 }
 
-alive() {  # pid file -> true if its process runs (a zombie does not: kill -0 succeeds on one,
-  # and a killed daemon can stay a zombie for seconds where nothing reaps orphans promptly)
-  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null &&
-    [ "$(awk '{print $3}' "/proc/$(cat "$1")/stat" 2>/dev/null)" != Z ]
-}
-
-wait_for() {  # message, seconds, command...; polls the command until it succeeds, then logs
-  local what=$1 secs=$2 deadline
-  shift 2
-  deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.3
-  done
-  log "$what"
-}
+# shellcheck source=tests/infra/slurm_common.sh
+. "$(dirname "$0")/slurm_common.sh"  # alive, wait_for, common_slurm_conf, stop_cluster
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts system daemons)"
 
@@ -113,23 +99,7 @@ write_if_changed "$SLURM_CONF" 644 <<EOF && slurm_conf_changed=1
 $MARKER
 ClusterName=$CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-# Short credential lifetime: a requeued job may restart ~11 s after it stopped, not ~121 s.
-AuthInfo=cred_expire=10
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-MailProg=/bin/true
-JobAcctGatherType=jobacct_gather/linux
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-# Start jobs within a second of submission instead of after a scheduling cycle of up to a minute.
-SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
+$(common_slurm_conf)
 # A job that can never fit is refused at submit time instead of pending forever.
 EnforcePartLimits=ALL
 ReturnToService=2

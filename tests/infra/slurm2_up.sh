@@ -102,17 +102,6 @@ fi
 rm -f "$want"
 
 # ---- configs ----------------------------------------------------------------------------------
-write_if_changed() {  # path mode <content on stdin>; returns 0 if the file changed
-  local tmp
-  tmp=$(mktemp "$1.XXXXXX")
-  cat >"$tmp"
-  chmod "$2" "$tmp"
-  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
-    rm -f "$tmp"
-    return 1
-  fi
-  mv -f "$tmp" "$1"
-}
 
 MEM_MB=$(awk '/^MemTotal:/ {m = int($2 / 2048) - 512; print (m < 1000 ? 1000 : m)}' /proc/meminfo)
 node_lines=$(for node in "${NODES[@]}"; do

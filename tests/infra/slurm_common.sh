@@ -1,5 +1,5 @@
-# Shared by the SLURM test-cluster scripts (sourced, not run): daemon checks, waiting, the
-# slurm.conf settings both clusters use, and stopping a cluster. Callers define log().
+# Shared by the SLURM test-cluster scripts (sourced, not run): daemon checks, waiting, writing a
+# config only when it changed, the slurm.conf settings both clusters use, stopping a cluster. Callers define log().
 
 alive() {  # pid file -> true if its process runs. A killed daemon can stay a zombie for many
   # seconds here (nothing reaps orphans promptly), and kill -0 succeeds on a zombie.
@@ -19,6 +19,18 @@ wait_for() {  # message, seconds, command...; polls the command until it succeed
     sleep 0.3
   done
   log "$what"
+}
+
+write_if_changed() {  # path mode <content on stdin>; returns 0 if the file changed
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  chmod "$2" "$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  mv -f "$tmp" "$1"
 }
 
 common_slurm_conf() {  # the slurm.conf lines both test clusters share

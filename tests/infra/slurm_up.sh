@@ -77,17 +77,6 @@ START_LOG="$STATE/log/daemon-start.log"
 chmod 755 "$STATE"  # user mysql must reach its datadir and socket directory
 
 # ---- configs ----------------------------------------------------------------------------------
-write_if_changed() {  # path mode <content on stdin>; returns 0 if the file changed
-  local tmp
-  tmp=$(mktemp "$1.XXXXXX")
-  cat >"$tmp"
-  chmod "$2" "$tmp"
-  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
-    rm -f "$tmp"
-    return 1
-  fi
-  mv -f "$tmp" "$1"
-}
 
 if [ ! -s "$STATE/db.pass" ]; then
   (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$STATE/db.pass")

@@ -1,5 +1,6 @@
 # Shared by the SLURM test-cluster scripts (sourced, not run): daemon checks, waiting, writing a
-# config only when it changed, the slurm.conf settings both clusters use, stopping a cluster. Callers define log().
+# config only when it changed, the slurm.conf settings both clusters use, stopping a cluster.
+# Callers define log().
 
 alive() {  # pid file -> true if its process runs. A killed daemon can stay a zombie for many
   # seconds here (nothing reaps orphans promptly), and kill -0 succeeds on a zombie.

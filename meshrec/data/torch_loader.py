@@ -176,8 +176,11 @@ class TorchLoader:
             raw["image"] = torch.zeros(0, 3, size, size, dtype=torch.uint8)
             raw["aug"] = torch.zeros(0, augment.NUM_PARAMS)
         image = self._normalize(raw["image"].to(dev, non_blocking=True))
-        held = {name: raw[name].to(dev) for name in self.label_layout.members if name in raw}
-        batch = finish(image, held, raw["aug"].to(dev), raw["key"], self.label_layout)
+        # Pinned on CUDA (pin_memory): copies that do not wait for the GPU's queue.
+        held = {name: raw[name].to(dev, non_blocking=True)
+                for name in self.label_layout.members if name in raw}
+        batch = finish(image, held, raw["aug"].to(dev, non_blocking=True), raw["key"],
+                       self.label_layout)
         batch["skipped"] = raw["skipped"]
         return batch
 

@@ -76,17 +76,21 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     from meshrec.body.load import load_body_model
     from meshrec.data import build_loader
     from meshrec.data.demo import with_shards
-    from meshrec.model import build_model
-    from meshrec.model.hashing import encoder_sha256, state_sha256
-    from meshrec.model.mean import resolve_mean_params
     from meshrec.shards import manifest as shard_manifest
     from meshrec.train import preflight
-    from meshrec.train.evaluate import body_joints
 
     cfg = with_shards(cfg, progress=env.is_main and sys.stderr.isatty())
     manifest = shard_manifest.load(cfg.data.shards)
     device = env.device
     preflight.check(cfg)
+    # The loader first: its workers (or DALI's pipeline) start while the model is built.
+    loader_state = resume_state.get("loader") if resume_state else None
+    loader = build_loader(cfg, "train", env.rank, env.world_size, device, state=loader_state)
+
+    from meshrec.model import build_model
+    from meshrec.model.hashing import encoder_sha256, state_sha256
+    from meshrec.model.mean import resolve_mean_params
+    from meshrec.train.evaluate import body_joints
 
     body = load_body_model(cfg.body).to(device)
     joints = body_joints(cfg.body, body.num_vertices)
@@ -116,9 +120,6 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     optimizer = guard.build_optimizer(params, o.name, o.lr, o.momentum, o.weight_decay)
     amp = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-
-    loader_state = resume_state.get("loader") if resume_state else None
-    loader = build_loader(cfg, "train", env.rank, env.world_size, device, state=loader_state)
     spe = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, spe))
     # The LR of update s, for the device to look up (as LambdaLR computes it: base × factor).

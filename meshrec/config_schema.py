@@ -140,7 +140,8 @@ class Train:
     checkpoint_every: int = _f(1000, "steps between checkpoints; 0 = end of epoch only", min=0,
                                hash=False)
     keep_last: int = _f(3, "checkpoints kept", min=1, hash=False)
-    max_bad_steps: int = _f(10, "abort after this many NaN/Inf steps in a row", min=1, hash=False)
+    max_bad_steps: int = _f(10, "abort after this many NaN/Inf steps in a row (checked at each "
+                            "log line: up to log_every steps later)", min=1, hash=False)
     log_every: int = _f(50, "steps between log lines and metrics (fewer in runs too short for "
                         "20 rows: every run draws a curve)", min=1, hash=False)
 

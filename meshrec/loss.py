@@ -50,6 +50,21 @@ def distance(pred: Tensor, true: Tensor, kind: str) -> Tensor:
     raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
 
 
+def distance_rows(pred: Tensor, true: Tensor, rows: Tensor, kind: str) -> Tensor:
+    """`distance` over the batch rows where `rows` ([B] bool) is true, 0 when none is: pred
+    [n, B, ...] (n iterations), true [B, ...]. Other rows are left out, whatever they hold."""
+    diff = pred - true
+    if kind == "l2":
+        per = diff * diff
+    elif kind == "l1":
+        per = diff.abs()
+    else:
+        raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
+    per = per.flatten(2) if per.dim() > 2 else per.unsqueeze(-1)   # [n, B, k]
+    per = torch.where(rows[:, None], per, 0.0)
+    return per.sum() / (rows.sum() * (per.shape[0] * per.shape[2])).clamp_min(1)
+
+
 def _true_params(batch: dict, size: int, device: torch.device) -> Tensor:
     true = batch["params"].to(device=device, dtype=torch.float32)
     if true.shape[-1] == size:
@@ -139,7 +154,6 @@ def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config,
                 else labelled.to(device=device, dtype=torch.bool))
     p = torch.stack(steps).float()                       # [n, B, P]
     r = None if rots is None else torch.stack(rots).float()
-    zero = p.sum() * 0.0  # a 0 that keeps the graph (every parameter gets a gradient, as DDP wants)
 
     weighted: list[Tensor] = []
     terms: dict[str, Tensor] = {}
@@ -148,34 +162,26 @@ def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config,
         terms[name] = value.detach()
         weighted.append(weight * value)
 
-    smpl_terms = [t for t in ("vert", "joint", *GROUP_TERMS) if getattr(w, f"w_{t}") > 0]
     joint_terms = w.w_joint3d > 0 or w.w_kp2d > 0
     if joint_terms and regressor is None:
         raise MeshrecError("loss.w_joint3d / loss.w_kp2d need the Human3.6M joint regressor "
                            "(body.h36m_regressor)")
-    any_labelled = bool(labelled.any()) if smpl_terms else False
-    lab = labelled.nonzero().squeeze(1) if any_labelled else None
-
-    smpl_mesh = any_labelled and (w.w_vert > 0 or w.w_joint > 0)
+    # Every row goes through the SMPL layer and unlabelled rows are masked out of the means:
+    # selecting the labelled rows would read the mask back to the host (a sync per step).
+    smpl_mesh = w.w_vert > 0 or w.w_joint > 0
     if joint_terms or smpl_mesh:
-        # Every sample's mesh when joint terms need it, else only the labelled ones'.
-        rows = None if joint_terms else lab
-        pp = p if rows is None else p[:, rows]
-        rr = None if r is None else (r if rows is None else r[:, rows])
-        m = pp.shape[1]
-        flat_r = None if rr is None else rr.flatten(0, 1)
-        pred_v, pred_j = _mesh(body, pp.flatten(0, 1), flat_r, camera)
+        m = p.shape[1]
+        flat_r = None if r is None else r.flatten(0, 1)
+        pred_v, pred_j = _mesh(body, p.flatten(0, 1), flat_r, camera)
         pred_v = pred_v.unflatten(0, (n, m))
         pred_j = pred_j.unflatten(0, (n, m))
         if smpl_mesh:
             with torch.no_grad():
-                true_v, true_j = _mesh(body, true[lab], None, camera)
-            sel_v = pred_v if rows is not None else pred_v[:, lab]
-            sel_j = pred_j if rows is not None else pred_j[:, lab]
+                true_v, true_j = _mesh(body, true, None, camera)
             if w.w_vert > 0:
-                add("vert", w.w_vert, distance(sel_v, true_v, w.type))
+                add("vert", w.w_vert, distance_rows(pred_v, true_v, labelled, w.type))
             if w.w_joint > 0:
-                add("joint", w.w_joint, distance(sel_j, true_j, w.type))
+                add("joint", w.w_joint, distance_rows(pred_j, true_j, labelled, w.type))
         if joint_terms:
             # Root-relative vertices (no translation) → the 17 regressed joints.
             rel = pred_v - pred_j[..., :1, :] if camera else pred_v
@@ -191,24 +197,16 @@ def compute_loss(pred, batch: dict, body: BodyModel, cfg: Config,
                 add("kp2d", w.w_kp2d, _weighted(
                     uv, normalized_keypoints(kp[..., :2], cfg.data.image_size), kp[..., 2],
                     w.type))
-    for name in ("vert", "joint"):
-        if getattr(w, f"w_{name}") > 0 and name not in terms:
-            add(name, getattr(w, f"w_{name}"), zero)
-
     true_r = None
     for name in GROUP_TERMS:
         weight = getattr(cfg.loss, f"w_{name}")
         if weight <= 0:
             continue
-        if not any_labelled:
-            add(name, weight, zero)
-            continue
-        pl, tl = p[:, lab], true[lab]
-        rl = None if r is None else r[:, lab]
-        if rl is not None and true_r is None:
-            true_r = axis_angle_to_matrix(tl[:, layout.POSE].reshape(tl.shape[0], -1, 3))
-        add(name, weight, distance(_group_values(name, pl, rl, camera),
-                                   _group_values(name, tl, true_r, camera), w.type))
+        if r is not None and true_r is None:
+            true_r = axis_angle_to_matrix(true[:, layout.POSE].reshape(batch_size, -1, 3))
+        add(name, weight, distance_rows(_group_values(name, p, r, camera),
+                                        _group_values(name, true, true_r, camera), labelled,
+                                        w.type))
 
     if not weighted:
         raise MeshrecError("every loss weight is 0; nothing would be trained")

@@ -175,6 +175,79 @@ def test_non_finite_steps_are_skipped_then_abort(cache, tmp_path):
         train_step(run, poisoned)
 
 
+def test_a_step_reads_nothing_back_bad_steps_wait_on_the_device_until_settled(cache, tmp_path):
+    """device_step (what the loop runs) leaves its outcome on the device: skipped steps change
+    nothing there, and only guard.settle reads the counters and aborts."""
+    from meshrec.train import dist, guard
+    from meshrec.train.loop import build_run, device_step
+
+    run = build_run(tiny(cache, tmp_path, "train.max_bad_steps=3", "optim.warmup_steps=4"),
+                    dist.DistEnv(0, 1, 0, torch.device("cpu")))
+    run.core.train()
+    batch = next(iter(run.loader))
+    poisoned = {**batch, "image": torch.full_like(batch["image"], float("nan"))}
+    before = {k: v.clone() for k, v in run.core.state_dict().items()}
+    for _ in range(2):
+        terms = device_step(run, poisoned)
+        assert torch.is_tensor(terms.values) and terms.values.shape == (len(terms.names),)
+        assert not bool(terms.ok)
+    assert (run.step, run.bad_total, run.scheduler.last_epoch) == (2, 0, 0)  # not read yet
+    for k, v in run.core.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BatchNorm statistics put back
+    assert all(float(s["step"]) == 0 for s in run.optimizer.state.values())
+    guard.settle(run)
+    assert (run.bad_total, run.bad_in_row, run.scheduler.last_epoch) == (2, 2, 0)
+    # The LR follows updates made: the first applied update uses warm-up step 0's LR.
+    terms = device_step(run, batch)
+    assert bool(terms.ok) and float(run.optimizer.param_groups[0]["lr"]) == run.cfg.optim.lr / 4
+    guard.settle(run)
+    assert (run.bad_in_row, run.scheduler.last_epoch) == (0, 1)
+    assert float(run.scheduler.get_last_lr()[0]) == run.cfg.optim.lr * 2 / 4
+    for _ in range(3):  # max_bad_steps in a row: nothing raised before the counters are read
+        device_step(run, poisoned)
+    with pytest.raises(MeshrecError, match="NaN/Inf in 3 steps in a row"):
+        guard.settle(run)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("freeze", ["true", "false"])
+def test_training_steps_never_wait_for_the_gpu(cache, tmp_path, freeze):
+    """bf16, channels-last, fused Adam, grad clipping, a skipped NaN step: not one device→host
+    sync in device_step (torch raises on any under sync debug mode "error")."""
+    from meshrec.train import dist, guard
+    from meshrec.train.loop import build_run, device_step
+
+    run = build_run(tiny(cache, tmp_path, "train.device=cuda", "train.amp=bf16",
+                         f"model.freeze_encoder={freeze}", "optim.grad_clip=1.0"),
+                    dist.DistEnv(0, 1, 0, torch.device("cuda", 0)))
+    run.core.train()
+    batches = [b for _, b in zip(range(3), run.loader)]
+    poisoned = {**batches[0], "image": torch.full_like(batches[0]["image"], float("nan"))}
+    device_step(run, batches[0])  # warm-up: allocations, cuDNN choices
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in (batches[1], poisoned, batches[2]):
+            device_step(run, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    guard.settle(run)
+    assert (run.step, run.bad_total, run.bad_in_row, run.scheduler.last_epoch) == (4, 1, 0, 3)
+
+
+def test_the_loop_logs_data_wait_and_time_to_first_step(cache, tmp_path, capsys):
+    from meshrec.train.loop import train
+    from meshrec.train.timing import process_age_s
+
+    train(tiny(cache, tmp_path, "data.train_subjects=[S1,S5]", "train.log_every=1"))
+    out = capsys.readouterr().out
+    (first,) = re.findall(r"first step done ([0-9.]+) s after the process started", out)
+    assert 0 < float(first) < process_age_s()
+    waits = [int(w) for w in re.findall(r"img/s, data wait (\d+)%", out)]
+    assert len(waits) == 4 and all(0 <= w <= 100 for w in waits)  # 4 steps, a line each
+
+
 def test_bf16_step_runs_on_cpu(cache, tmp_path):
     from meshrec.train import dist
     from meshrec.train.loop import build_run, train_step
@@ -290,7 +363,8 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(cache, tmp_path, mlflow_se
     assert run.data.params["model.encoder"] == "resnet18"
     assert run.data.tags["body_model"] == "standin"
     assert run.data.tags["config_hash"] == config_hash(cfg)  # data.shards is not hashed
-    for name in ("train_loss", "img_s", "val_pve_mm", "val_baseline_pve_mm"):
+    for name in ("train_loss", "img_s", "val_pve_mm", "val_baseline_pve_mm", "time_data_s",
+                 "time_compute_s", "data_wait_frac", "time_to_first_step_s"):
         assert name in run.data.metrics, name
     # log_every=2, but 8 steps give no curve at that rate: every step is logged
     assert [m.step for m in history("train_loss")] == list(range(1, 9))

@@ -58,18 +58,21 @@ class LabelLayout:
                    int(manifest.get("layout", {}).get("size", layout.SIZE)),
                    size if isinstance(size, int) else None, image_size, pelvis)
 
-    def defaults(self, n: int) -> dict[str, torch.Tensor]:
-        """The labels of n samples whose shards lack them (old shards: every smpl.npy a label)."""
-        return {"params": torch.zeros(n, self.param_size),
-                "has_smpl": torch.full((n,), "params" in self.members, dtype=torch.bool),
-                "j3d": torch.zeros(n, h36m.NUM_JOINTS, 4), "kp2d": torch.zeros(n, h36m.NUM_JOINTS, 3)}
+    def defaults(self, n: int, device: Any = None) -> dict[str, torch.Tensor]:
+        """The labels of n samples whose shards lack them (old shards: every smpl.npy a label),
+        made on `device` (a copy from pageable memory would wait for the GPU)."""
+        return {"params": torch.zeros(n, self.param_size, device=device),
+                "has_smpl": torch.full((n,), "params" in self.members, dtype=torch.bool,
+                                       device=device),
+                "j3d": torch.zeros(n, h36m.NUM_JOINTS, 4, device=device),
+                "kp2d": torch.zeros(n, h36m.NUM_JOINTS, 3, device=device)}
 
 
 def finish(image: torch.Tensor, raw: dict[str, torch.Tensor], aug: torch.Tensor, keys: list[str],
            labels: LabelLayout) -> Batch:
     """Fill the labels the shards lack, move them with the batch's warps and flips, assemble."""
     device = image.device
-    filled = {**labels.defaults(len(keys)), **raw}
+    filled = {**labels.defaults(len(keys), device), **raw}
     params = filled["params"].to(device, torch.float32)
     has_smpl = filled["has_smpl"].to(device).reshape(-1) > 0.5
     j3d = filled["j3d"].to(device, torch.float32)

@@ -100,6 +100,15 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def start_worker_server() -> None:
+    """Start the forkserver now: it imports torch and this module (seconds) while the caller
+    builds the model, instead of at the first batch."""
+    from multiprocessing import forkserver
+
+    _worker_context()
+    forkserver.ensure_running()
+
+
 class _Plan:
     """Batch sampler the loader refills each epoch (the workers only ever see single items)."""
 
@@ -135,6 +144,8 @@ class TorchLoader:
         self._loader: DataLoader | None = None
         self.image_dtype = torch.float16 if device.type == "cuda" else torch.float32
         self._normalize = augment.Normalizer(self.image_dtype)
+        if cfg.data.num_threads > 0:
+            start_worker_server()
 
     def __len__(self) -> int:
         return self.batches
@@ -176,8 +187,11 @@ class TorchLoader:
             raw["image"] = torch.zeros(0, 3, size, size, dtype=torch.uint8)
             raw["aug"] = torch.zeros(0, augment.NUM_PARAMS)
         image = self._normalize(raw["image"].to(dev, non_blocking=True))
-        held = {name: raw[name].to(dev) for name in self.label_layout.members if name in raw}
-        batch = finish(image, held, raw["aug"].to(dev), raw["key"], self.label_layout)
+        # Pinned on CUDA (pin_memory): copies that do not wait for the GPU's queue.
+        held = {name: raw[name].to(dev, non_blocking=True)
+                for name in self.label_layout.members if name in raw}
+        batch = finish(image, held, raw["aug"].to(dev, non_blocking=True), raw["key"],
+                       self.label_layout)
         batch["skipped"] = raw["skipped"]
         return batch
 

@@ -54,6 +54,7 @@ from meshrec.synth.subjects import SUBJECTS, split_of
 SETTINGS_FILE = "synth_settings.json"
 _JPEG_END = b"\xff\xd9"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+FRAMES_PER_START = 256  # frames at 256 px one process renders while a worker starts (bench/synth.py)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,12 @@ def synthesize(out_dir: str | os.PathLike, subjects: list[str], settings: Settin
     out = Path(out_dir)
     regressor = _regressor(arrays, regressor)
     tasks = plan(subjects, settings.frames_per_subject)
-    workers = default_workers() if workers is None else int(workers)
+    frames = sum(t.frames for t in tasks)
+    # By default one worker per core, but no more than the frames repay: a spawned worker
+    # imports torch and builds the body first (seconds, in which one process renders about
+    # FRAMES_PER_START frames), so small sets render faster in fewer processes.
+    workers = (min(default_workers(), max(1, frames // FRAMES_PER_START)) if workers is None
+               else int(workers))
     if workers <= 0:
         raise MeshrecError(f"--workers must be positive, got {workers}")
     workers = min(workers, len(tasks))

@@ -272,9 +272,13 @@ def restore_rng(state: Mapping[str, Any],
 # ---------------------------------------------------------------- a training run's checkpoints
 
 def checkpoint_state(run: Run) -> dict:
-    """Everything the next step of `run` depends on (the keys every checkpoint has)."""
+    """Everything the next step of `run` depends on (the keys every checkpoint has); the
+    counters as `guard.settle` last read them."""
+    from meshrec.train import guard
+
     return {"model": model_state(run.core, run.encoder_sha256),
-            "encoder_sha256": run.encoder_sha256, "optimizer": run.optimizer.state_dict(),
+            "encoder_sha256": run.encoder_sha256,
+            "optimizer": guard.optimizer_state(run.optimizer),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "rng": capture_rng(), "loader": run.loader.state_dict(), "step": run.step,
             "bad_in_row": run.bad_in_row, "bad_total": run.bad_total,
@@ -286,8 +290,10 @@ def checkpoint_state(run: Run) -> dict:
 
 def save_run(run: Run) -> None:
     """Rank 0 writes OUT/checkpoints/step-N.pt and last.pt; every rank waits for it."""
-    from meshrec.train import dist
+    from meshrec.train import dist, guard
 
+    if run.guard is not None:
+        guard.settle(run)  # the device's counters and the LR schedule, read into `run`
     if run.env.is_main:
         save_checkpoint(run.out / CHECKPOINTS, checkpoint_state(run), run.step,
                         run.cfg.train.keep_last)
@@ -318,6 +324,9 @@ def restore_run(run: Run, state: dict) -> None:
     run.run_id = state.get("mlflow_run_id") or None
     run.trained_s = float(state.get("trained_s", 0.0))  # absent before it was kept
     restore_rng(state["rng"])
+    if run.guard is not None:  # the device's view: updates made = schedule steps
+        run.guard.attach(run.optimizer)
+        run.guard.load(run.scheduler.last_epoch, run.bad_in_row, run.bad_total)
 
 
 def init_from(run: Run, path: str) -> None:

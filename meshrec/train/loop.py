@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from meshrec.data.batch import model_input
 from meshrec.errors import MeshrecError
 from meshrec.precision import amp_dtype, autocast
 from meshrec.track import TRAINING_METRIC
-from meshrec.train import checkpoint, tracking
+from meshrec.train import checkpoint, guard, timing, tracking
 from meshrec.train.run import Run
 
 log = logging.getLogger("meshrec.train")
@@ -76,17 +76,21 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
     from meshrec.body.load import load_body_model
     from meshrec.data import build_loader
     from meshrec.data.demo import with_shards
-    from meshrec.model import build_model
-    from meshrec.model.hashing import encoder_sha256, state_sha256
-    from meshrec.model.mean import resolve_mean_params
     from meshrec.shards import manifest as shard_manifest
     from meshrec.train import preflight
-    from meshrec.train.evaluate import body_joints
 
     cfg = with_shards(cfg, progress=env.is_main and sys.stderr.isatty())
     manifest = shard_manifest.load(cfg.data.shards)
     device = env.device
     preflight.check(cfg)
+    # The loader first: its workers (or DALI's pipeline) start while the model is built.
+    loader_state = resume_state.get("loader") if resume_state else None
+    loader = build_loader(cfg, "train", env.rank, env.world_size, device, state=loader_state)
+
+    from meshrec.model import build_model
+    from meshrec.model.hashing import encoder_sha256, state_sha256
+    from meshrec.model.mean import resolve_mean_params
+    from meshrec.train.evaluate import body_joints
 
     body = load_body_model(cfg.body).to(device)
     joints = body_joints(cfg.body, body.num_vertices)
@@ -113,22 +117,18 @@ def build_run(cfg: Config, env: Any, resume_state: Optional[dict] = None) -> Run
 
     params = [p for p in core.parameters() if p.requires_grad]
     o = cfg.optim
-    if o.name == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr,
-                                                            weight_decay=o.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
-                                    weight_decay=o.weight_decay)
+    optimizer = guard.build_optimizer(params, o.name, o.lr, o.momentum, o.weight_decay)
     amp = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-
-    loader_state = resume_state.get("loader") if resume_state else None
-    loader = build_loader(cfg, "train", env.rank, env.world_size, device, state=loader_state)
     spe = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, spe))
+    # The LR of update s, for the device to look up (as LambdaLR computes it: base × factor).
+    table = [o.lr * lr_factor(s, cfg, spe) for s in range(cfg.train.epochs * spe + 1)]
+    step_guard = guard.StepGuard(optimizer, table, device)
     return Run(cfg, env, Path(cfg.train.output_dir), config_hash(cfg),
                str(manifest.get("manifest_sha256", "")), body, joints, mean, core, model,
-               optimizer, scheduler, scaler, amp, loader, spe, encoder_sha256=encoder_sha)
+               optimizer, scheduler, scaler, amp, loader, spe, encoder_sha256=encoder_sha,
+               guard=step_guard)
 
 
 # ------------------------------------------------------------------ one optimizer step
@@ -146,16 +146,26 @@ def isolated(loader: Any):
         yield batch
 
 
-def _finite_everywhere(value: torch.Tensor) -> bool:
-    ok = torch.isfinite(value.detach()).all().float().reshape(1).cpu()
+def finite_everywhere(value: torch.Tensor) -> torch.Tensor:
+    """0-d bool on the device: `value` is finite on every rank (an all-reduce, no host read)."""
+    ok = torch.isfinite(value.detach()).all().to(torch.int32)
     if torch_dist.is_available() and torch_dist.is_initialized():
-        ok = ok.to(value.device)
         torch_dist.all_reduce(ok, op=torch_dist.ReduceOp.MIN)
-    return bool(ok.item() > 0)
+    return ok > 0
 
 
-def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
-    """Forward, backward and update on one rank batch; loss terms, or None for a skipped step."""
+class StepTerms(NamedTuple):
+    """One step's loss terms, still on the device: `values[i]` is term `names[i]`."""
+    names: tuple[str, ...]
+    values: torch.Tensor  # float32 [len(names)]
+    ok: torch.Tensor      # 0-d bool: the step was applied (finite loss on every rank)
+
+
+def device_step(run: Run, batch: dict) -> StepTerms:
+    """Forward, backward and update on one rank batch without reading anything back from the
+    device: a non-finite step is skipped there (meshrec.train.guard) and counted, and the loss
+    terms stay tensors. `guard.settle(run)` reads the counters (and aborts on too many bad
+    steps in a row); the loop does it every log window."""
     from meshrec.loss import compute_loss
 
     cfg = run.cfg
@@ -170,8 +180,8 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
     run.optimizer.zero_grad(set_to_none=True)
     # BatchNorm running statistics change in the forward pass: kept to undo a bad step.
     buffers = [b.detach().clone() for b in run.core.buffers()]
-    total = torch.zeros((), device=run.env.device)
-    terms: dict[str, float] = {}
+    sums: list[torch.Tensor] = []
+    names: tuple[str, ...] = ()
     for k in range(parts):
         micro = {key: (v[k * size:(k + 1) * size] if torch.is_tensor(v) or isinstance(v, list)
                        else v) for key, v in batch.items()}
@@ -182,33 +192,43 @@ def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
                 pred = run.model(image[k * size:(k + 1) * size])
             loss, micro_terms = compute_loss(pred, micro, run.body, cfg, run.joints.regressor)
             run.scaler.scale(loss.float() / parts).backward()
-        total = total + loss.detach().float() / parts
-        for name, value in micro_terms.items():
-            terms[name] = terms.get(name, 0.0) + float(value) / parts
+        names = ("loss", *micro_terms)
+        values = torch.stack([loss.detach().float(), *(v.float() for v in micro_terms.values())])
+        sums.append(values / parts)
+    total = torch.stack(sums).sum(0) if parts > 1 else sums[0]
 
     run.step += 1
-    if not _finite_everywhere(total):
-        run.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buf, saved in zip(run.core.buffers(), buffers):
-                buf.copy_(saved)
-        run.bad_in_row += 1
-        run.bad_total += 1
-        if run.bad_in_row >= cfg.train.max_bad_steps:
-            raise MeshrecError(f"loss was NaN/Inf in {run.bad_in_row} steps in a row (up to step "
-                               f"{run.step}); stopping. Lower optim.lr, set optim.grad_clip, or "
-                               f"try train.amp=off")
-        log.warning("step %d: non-finite loss, step skipped (%d in a row)", run.step,
-                    run.bad_in_row)
-        return None  # the LR schedule follows the updates made
-    run.bad_in_row = 0
-    if cfg.optim.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.core.parameters(), cfg.optim.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.scheduler.step()
-    return {"loss": float(total), **terms}
+    ok = finite_everywhere(total[0])
+    clip = cfg.optim.grad_clip
+    if run.scaler.is_enabled():
+        # fp16: GradScaler sets the fused optimizer's found_inf itself, so the loss check is
+        # read here (one host read per step; bf16 and float32 have none).
+        if bool(ok):
+            if clip > 0:
+                run.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(run.core.parameters(), clip)
+            run.guard.set_lr()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+    else:
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.core.parameters(), clip)
+        run.guard.step(run.optimizer, ~ok)
+    guard.restore_buffers(run.core, buffers, ok)
+    run.guard.count(ok)
+    return StepTerms(names, total, ok)
+
+
+def train_step(run: Run, batch: dict) -> Optional[dict[str, float]]:
+    """`device_step`, then its outcome read back at once: loss terms, or None for a skipped
+    step (MeshrecError after train.max_bad_steps in a row). One host read per step: for tests
+    and benchmarks; the loop reads only every log window."""
+    before = run.bad_total
+    terms = device_step(run, batch)
+    guard.settle(run)
+    if run.bad_total > before:
+        return None
+    return dict(zip(terms.names, terms.values.tolist()))
 
 
 class _null:
@@ -303,6 +323,41 @@ def logging_interval(log_every: int, total_steps: int) -> int:
     return max(1, min(log_every, total_steps // MIN_CURVE_POINTS))
 
 
+def window_row(run: Run, names: tuple[str, ...], sums: Optional[torch.Tensor],
+               applied: torch.Tensor, window: "timing.Window") -> dict[str, float]:
+    """A log window's metrics: train_<term> = mean over the window's applied steps and over
+    ranks (one all-reduce, one host read), LR, img/s, where the time went (this rank's)."""
+    from meshrec.train import dist
+
+    env = run.env
+    stats = torch.cat([torch.zeros(len(names), device=env.device) if sums is None else sums,
+                       applied.float().reshape(1)])
+    if env.world_size > 1:
+        stats = dist.all_reduce_mean(stats)  # the ratios below are the same
+    values = stats.tolist()
+    guard.settle(run)  # bad-step counters; aborts after train.max_bad_steps in a row
+    row = {f"train_{k}": v / values[-1] for k, v in zip(names, values)} if values[-1] else {}
+    steps = window.steps
+    times = window.close()  # after the reads: the window's device work is done
+    img_s = steps * run.cfg.data.batch_size / times.pop("elapsed_s")
+    row.update({"img_s": img_s, "lr": float(run.scheduler.get_last_lr()[0]),
+                "bad_steps": float(run.bad_total), "epoch": run.step / run.steps_per_epoch,
+                TRAINING_METRIC: run.training_seconds(), **times})
+    if env.device.type == "cuda":
+        row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+    return row
+
+
+def report_first_step(run: Run) -> None:
+    """Once per job: seconds from the process's start to its first optimizer step done."""
+    if run.env.device.type == "cuda":
+        torch.cuda.synchronize(run.env.device)  # done, not just launched (once)
+    seconds = timing.process_age_s()
+    if run.env.is_main:
+        run.tracker.log_metrics({"time_to_first_step_s": seconds}, run.step)
+        say(run, f"first step done {seconds:.1f} s after the process started")
+
+
 def train(cfg: Config, *, stop_after: Optional[int] = None,
           run_id: Optional[str] = None) -> dict[str, float]:
     """Train `cfg` into `train.output_dir`; returns the final metrics (rank 0; {} elsewhere).
@@ -362,38 +417,37 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
     bar = progress_bar(run, run.step, total_steps)
     run.core.train()
     metrics: dict[str, float] = {}
-    window_t, window_steps = time.perf_counter(), 0
-    run.started = window_t
+    window = timing.Window()
+    run.started = window.start
+    sums: Optional[torch.Tensor] = None  # the window's loss terms over its applied steps
+    applied = torch.zeros((), device=env.device)
+    first_step = True
     stopped = False
     saved_at = run.step
     for epoch in range(run.step // run.steps_per_epoch, cfg.train.epochs):
-        for batch in isolated(run.loader):
-            terms = train_step(run, batch)
-            window_steps += 1
+        batches = isolated(run.loader)
+        while (batch := window.next_batch(batches)) is not None:
+            terms = device_step(run, batch)
+            window.steps += 1
+            sums = torch.where(terms.ok, terms.values, 0.0) + (0.0 if sums is None else sums)
+            applied = applied + terms.ok
+            if first_step:
+                first_step = False
+                report_first_step(run)
             if bar is not None:
                 bar.update(1)
-                if terms:
-                    bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
             if run.step % log_every == 0:
-                elapsed = time.perf_counter() - window_t
-                img_s = window_steps * cfg.data.batch_size / max(elapsed, 1e-9)
-                window_t, window_steps = time.perf_counter(), 0
-                if terms and env.world_size > 1:  # logged values: means over ranks
-                    terms = {k: float(dist.all_reduce_mean(torch.tensor(v, device=env.device)))
-                             for k, v in terms.items()}
-                row = {f"train_{k}": v for k, v in (terms or {}).items()}
-                row.update({"img_s": img_s, "lr": run.scheduler.get_last_lr()[0],
-                            "bad_steps": float(run.bad_total),
-                            "epoch": run.step / run.steps_per_epoch,
-                            TRAINING_METRIC: run.training_seconds()})
-                if env.device.type == "cuda":
-                    row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+                row = window_row(run, terms.names, sums, applied, window)
+                sums, applied = None, torch.zeros((), device=env.device)
                 if env.is_main:
                     run.tracker.log_metrics(row, run.step)
+                    if bar is not None and "train_loss" in row:
+                        bar.set_postfix(loss=f"{row['train_loss']:.4g}", refresh=False)
                     if bar is None:
                         say(run, f"epoch {epoch} step {run.step}/{total_steps} "
                                  f"loss={row.get('train_loss', float('nan')):.5g} "
-                                 f"lr={row['lr']:.3g} {img_s:.1f} img/s")
+                                 f"lr={row['lr']:.3g} {row['img_s']:.1f} img/s, "
+                                 f"data wait {row['data_wait_frac']:.0%}")
             every = cfg.train.checkpoint_every
             if (every and run.step % every == 0) or stop_after == run.step:
                 checkpoint.save_run(run)
@@ -413,6 +467,7 @@ def _train(cfg: Config, env: Any, stop_after: Optional[int],
             log_validation(run, epoch, metrics, pictures)
     if bar is not None:
         bar.close()
+    guard.settle(run)  # the last steps' bad-step counts
     if not stopped and not metrics:  # resumed from a finished run: report its numbers again
         metrics, _ = validate(run, "val")
 

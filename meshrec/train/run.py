@@ -43,6 +43,7 @@ class Run:
     encoder_sha256: str = ""       # of a frozen encoder's weights (not stored in checkpoints)
     trained_s: float = 0.0         # training-loop wall time of earlier jobs of this run
     started: float = 0.0           # perf_counter when this job's training loop began
+    guard: Any = None              # meshrec.train.guard.StepGuard: bad steps, LR on the device
 
     def training_seconds(self) -> float:
         """Wall time in the training loop over every job of this run so far."""

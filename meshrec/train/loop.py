@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -390,8 +389,6 @@ def _spawned(cfg_dict: dict, stop_after: Optional[int], run_id: Optional[str] = 
 
 def _train(cfg: Config, env: Any, stop_after: Optional[int],
            run_id: Optional[str] = None) -> dict[str, float]:
-    from meshrec.train import dist
-
     torch.manual_seed(cfg.train.seed)
     resume_path = checkpoint.find_resume(cfg)
     state = checkpoint.load_checkpoint(resume_path) if resume_path else None

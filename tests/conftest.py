@@ -194,10 +194,17 @@ class SlurmTwoNodes:
         self._node("revive", node)
 
     @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the cluster alone: ``both_nodes_up`` tests of other xdist workers wait meanwhile
+        (for a test that kills a node at a moment of its choosing, with ``kill``/``revive``)."""
+        with _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
     def node_failure(self, node: str) -> Iterator[None]:
         """Kill ``node`` now and revive it on leaving (whatever happened), holding the cluster
         exclusively: ``both_nodes_up`` tests of other xdist workers wait meanwhile."""
-        with _flock(_SLURM2_LOCKS / "meshrec-slurm2-nodes.lock", fcntl.LOCK_EX):
+        with self.exclusive():
             try:
                 self.kill(node)
                 yield

@@ -84,21 +84,27 @@ def test_a_two_node_cell_outlives_a_dead_node_and_equals_a_one_node_run(
     args = [*common, f"launch.slurm.partition={cluster.partition}", f"launch.job_name={name}",
             f"track.experiment={name}", f"track.uri={nodes_mlflow}",
             f"train.output_dir={tmp_path / 'runs'}", f"launch.log_dir={tmp_path / 'logs'}"]
-    sweep = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--grid",
-                            str(grid), *args], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300, check=False)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    assert "one feature job builds it before the cells" in sweep.stdout, sweep.stdout
-    assert all("#SBATCH --nodes=2" in p.read_text()
-               for p in (tmp_path / "logs").rglob("*_submission.sh"))
-    (cell,) = load_sweep(grid, args).cells
-    ckpts = tmp_path / "runs" / "cells" / cell.name / "checkpoints"
+    # The cluster is held alone from submission on: the node dies when this test says so (no
+    # other worker's two-node test holds it up), and no other node failure hits this job.
+    with cluster.exclusive():
+        sweep = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--grid",
+                                str(grid), *args], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300, check=False)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        assert "one feature job builds it before the cells" in sweep.stdout, sweep.stdout
+        assert all("#SBATCH --nodes=2" in p.read_text()
+                   for p in (tmp_path / "logs").rglob("*_submission.sh"))
+        (cell,) = load_sweep(grid, args).cells
+        ckpts = tmp_path / "runs" / "cells" / cell.name / "checkpoints"
 
-    wait_for(lambda: any(ckpts.glob("step_*.pt")), "a first checkpoint", cluster, name,
-             poll=0.2)
-    with cluster.node_failure("node2"):  # killed now (slurmd, ranks), DOWN; revived on leaving
-        wait_for(lambda: [r[1] for r in records(cluster, name)][:1] == ["NODE_FAIL"],
-                 "the job failed with its node", cluster, name, 60)
+        wait_for(lambda: any(ckpts.glob("step_*.pt")), "a first checkpoint", cluster, name,
+                 poll=0.2)
+        cluster.kill("node2")  # its slurmd and ranks killed, the node DOWN
+        try:
+            wait_for(lambda: [r[1] for r in records(cluster, name)][:1] == ["NODE_FAIL"],
+                     "the job failed with its node", cluster, name, 60)
+        finally:
+            cluster.revive("node2")
     # The same cell as two processes on one node (this machine), never interrupted, from the
     # feature cache the sweep's feature job built (as the cell did): the reference, run while
     # the requeued job runs.

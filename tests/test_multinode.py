@@ -22,6 +22,8 @@ from tests.tiny_config import CELL
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 400
+# With test_two_nodes.py on one xdist worker: no test waits for another's node kill.
+pytestmark = pytest.mark.xdist_group("two_nodes")
 # Frozen random encoder (the head alone learns; no dropout, no augmentation: nothing random
 # differs between runs), one task per node, one CPU each.
 TWO_NODES = [*CELL, "model.freeze_encoder=true", "model.dropout=0.0", "data.augment.enabled=false",
@@ -68,7 +70,6 @@ def ended(cluster, name: str) -> bool:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("node_failure")  # no other node-killing test meanwhile
 def test_a_two_node_cell_outlives_a_dead_node_and_equals_a_one_node_run(
         slurm_two_nodes, nodes_mlflow, meshrec_cache, tmp_path, monkeypatch):
     cluster = slurm_two_nodes

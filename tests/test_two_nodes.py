@@ -17,6 +17,10 @@ import uuid
 
 import pytest
 
+# Every test of the two-node cluster on one xdist worker, one after the other: none waits for
+# another's node kill (or is hit by it), and no worker sits idle on the cluster's lock.
+pytestmark = pytest.mark.xdist_group("two_nodes")
+
 STEP_TIMEOUT_S = 90  # srun waits for its allocation: the machine is shared
 
 
@@ -163,8 +167,6 @@ srun -N2 -n2 --ntasks-per-node=1 sh -c \\
 
 
 @pytest.mark.slurm
-# Tests that kill a node run one after the other (their jobs would die of each other's kills).
-@pytest.mark.xdist_group("node_failure")
 def test_requeued_job_survives_a_killed_node(slurm_two_nodes, tmp_path):
     cluster = slurm_two_nodes
     script = tmp_path / "job.sh"

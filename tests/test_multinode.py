@@ -78,9 +78,9 @@ def test_a_two_node_cell_outlives_a_dead_node_and_equals_a_one_node_run(
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"defaults": [str(REPO / "configs" / "base.yaml")],
                                     "grid": {"loss.w_body": [0.5]}}))
-    # Global batch 8 (4 a rank), four epochs of 12 steps (long enough for the node to die
+    # Global batch 8 (4 a rank), three epochs of 12 steps (long enough for the node to die
     # mid-run), a checkpoint every second step.
-    common = [*TWO_NODES, "data.batch_size=8", "train.epochs=4", "train.checkpoint_every=2",
+    common = [*TWO_NODES, "data.batch_size=8", "train.epochs=3", "train.checkpoint_every=2",
               f"body.cache_dir={meshrec_cache}"]
     args = [*common, f"launch.slurm.partition={cluster.partition}", f"launch.job_name={name}",
             f"track.experiment={name}", f"track.uri={nodes_mlflow}",
@@ -129,7 +129,7 @@ def test_a_two_node_cell_outlives_a_dead_node_and_equals_a_one_node_run(
         torch.load(path, weights_only=True)
     state = torch.load(ckpts / "last.pt", weights_only=True)
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
-    assert state["step"] == one["step"] == 48
+    assert state["step"] == one["step"] == 36
     for key, value in one["model"].items():
         torch.testing.assert_close(state["model"][key], value, rtol=1e-5, atol=1e-5, msg=key)
 
@@ -148,7 +148,8 @@ def test_train_full_script_runs_ddp_over_two_nodes(slurm_two_nodes, both_nodes_u
     cluster = slurm_two_nodes
     name = f"full2-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
-    overrides = [o for o in TWO_NODES if not o.startswith("launch.")]
+    overrides = [o for o in TWO_NODES if not o.startswith(("launch.", "data.batch_size"))]
+    overrides.append("data.batch_size=16")  # 10 steps over the 5 training subjects
     env = cluster.env(CONFIG=str(REPO / "configs" / "demo.yaml"), OUT=str(out),
                       PYTHON=sys.executable,
                       OVERRIDES=" ".join([*overrides, f"body.cache_dir={meshrec_cache}",

@@ -1,4 +1,5 @@
-"""Watching SLURM jobs by name from a test (not a test module: the sweep tests share it)."""
+"""Watching SLURM jobs by name from a test, and commands to the two-node cluster (not a test
+module: the sweep and two-node tests share it)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ def unfinished(name: str) -> bool:
     just gone from squeue can still read RUNNING in sacct for a moment."""
     return bool(in_queue(name)) or any(not state.startswith(ENDED)
                                        for _, state in jobs_named(name))
+
+
+def slurm(cluster, *cmd: str, timeout: float = 30, env: dict | None = None) -> str:
+    """Run a SLURM command against the two-node cluster (`cluster.env()`, or `env`); its
+    stdout, or fail with its stderr."""
+    done = subprocess.run(list(cmd), env=env or cluster.env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from meshrec.config import load_config
 from meshrec.launch.grid import load_sweep
+from tests.slurm_jobs import slurm
 from tests.tiny_config import CELL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,13 +32,6 @@ TWO_NODES = [*CELL, "model.freeze_encoder=true", "model.dropout=0.0", "data.augm
              "launch.executor=slurm", "launch.slurm.nodes=2", "launch.slurm.tasks_per_node=1",
              "launch.slurm.gpus_per_node=0", "launch.slurm.cpus_per_task=1",
              "launch.slurm.mem_gb=0", "launch.slurm.time_min=10", "launch.rendezvous_timeout_s=60"]
-
-
-def slurm(cluster, *cmd: str, timeout: float = 60, env: dict | None = None) -> str:
-    done = subprocess.run(list(cmd), env=env or cluster.env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr[-3000:]}"
-    return done.stdout
 
 
 def records(cluster, name: str) -> list[tuple[str, str, str]]:

@@ -17,20 +17,13 @@ import uuid
 
 import pytest
 
+from tests.slurm_jobs import slurm
+
 # Every test of the two-node cluster on one xdist worker, one after the other: none waits for
 # another's node kill (or is hit by it), and no worker sits idle on the cluster's lock.
 pytestmark = pytest.mark.xdist_group("two_nodes")
 
 STEP_TIMEOUT_S = 90  # srun waits for its allocation: the machine is shared
-
-
-def slurm(cluster, *cmd: str, timeout: float = 30) -> str:
-    """Run a SLURM command against the two-node cluster; its stdout, or fail with its stderr."""
-    done = subprocess.run(list(cmd), env=cluster.env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def srun_on_both(cluster, *command: str) -> dict[int, str]:

@@ -590,3 +590,25 @@ def test_gpu_augmentation_matches_the_torch_transform_of_its_numbers(shards):
         print(f"{key}: gpu augmentation vs torch mean {diff.mean():.3f} max {diff.max():.2f} "
               f"share > 8 levels {far:.4f}")
         assert diff.mean() < 1.5 and far < 0.03, (key, diff.mean(), far)
+
+
+def test_loader_workers_fork_with_torch_imported_even_when_packing_started_the_server():
+    # A fresh process packs first (as a run on generated data does), then loads: every pool
+    # shares its one forkserver, so that server must have imported torch for the loader's
+    # workers, or each of them imports it again (seconds a worker).
+    code = """if __name__ == "__main__":
+    from meshrec import forkserver
+    from meshrec.shards.pack import _executor
+    with _executor(2) as pool:
+        print(pool.submit(eval, "'torch' in __import__('sys').modules").result())
+    import concurrent.futures as cf
+    with cf.ProcessPoolExecutor(1, mp_context=forkserver.context()) as pool:
+        print(pool.submit(eval, "'torchvision' in __import__('sys').modules").result())
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -20,7 +20,6 @@ JPEG that does not decode is skipped: it is left out of its batch, listed in the
 from __future__ import annotations
 
 import io
-import multiprocessing
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg  # imported once, in the forkserver too
 
+from meshrec import forkserver
 from meshrec.config import Config
 from meshrec.data import augment
 from meshrec.data.batch import Batch, LabelLayout, finish
@@ -91,24 +91,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers come from a forkserver that has imported this module: a plain fork would copy
-    a parent whose other threads (DALI's, torch's) may hold locks, and can deadlock the child
-    (seen once in the test suite); spawning would re-import torch in every worker."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
-
-
-def start_worker_server() -> None:
-    """Start the forkserver now: it imports torch and this module (seconds) while the caller
-    builds the model, instead of at the first batch."""
-    from multiprocessing import forkserver
-
-    _worker_context()
-    forkserver.ensure_running()
-
-
 class _Plan:
     """Batch sampler the loader refills each epoch (the workers only ever see single items)."""
 
@@ -145,7 +127,7 @@ class TorchLoader:
         self.image_dtype = torch.float16 if device.type == "cuda" else torch.float32
         self._normalize = augment.Normalizer(self.image_dtype)
         if cfg.data.num_threads > 0:
-            start_worker_server()
+            forkserver.start()  # imports torch while the caller builds the model
 
     def __len__(self) -> int:
         return self.batches
@@ -169,7 +151,7 @@ class TorchLoader:
             self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
                                       num_workers=self.cfg.data.num_threads, persistent_workers=True,
                                       pin_memory=self.device.type == "cuda", prefetch_factor=4,
-                                      multiprocessing_context=_worker_context(),
+                                      multiprocessing_context=forkserver.context(),
                                       # its worker seed drawn from here, not from the
                                       # training RNG (dropout draws stay the same with a
                                       # feature cache, which starts no workers)

@@ -34,7 +34,6 @@ import fcntl
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -46,6 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from meshrec import forkserver
 from meshrec.body import params as layout
 from meshrec.errors import MeshrecError
 from meshrec.fileio import atomic_open, sha256_file
@@ -317,11 +317,8 @@ def _executor(workers: int) -> Iterator[Any]:
     if workers <= 1:
         yield _Inline()
         return
-    try:
-        ctx = multiprocessing.get_context("forkserver")
-    except ValueError:  # pragma: no cover - no forkserver on this platform
-        ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=forkserver.context(),
+                                  initializer=_worker_init)
     try:
         yield pool
     except cf.process.BrokenProcessPool:

@@ -13,9 +13,10 @@
   test runs.
 - ``mlflow_server``: the tracking URI of a real ``mlflow server`` on loopback, one per session;
   ``nodes_mlflow``: one on the two-node cluster's bridge, which its nodes reach.
-- ``standin_model`` / ``standin_file``: the default stand-in body, built once per session.
-- ``meshrec_cache``: ``body.cache_dir`` for tiny sweeps (stand-in body, generated shards), one per
-  session so that every module's tiny cells share what it holds.
+- ``standin_model`` / ``standin_file``: the default stand-in body, built once per run.
+- ``meshrec_cache``: ``body.cache_dir`` of tests that generate data (stand-in body, generated
+  shards), one per run (xdist workers share it) so that every module's tiny cells share what it
+  holds.
 - ``chromium``: the path of Debian's ``chromium`` (browser tests drive it with Playwright). Skips
   when it is not installed, except under ``CI=true``, where that fails.
 """
@@ -342,11 +343,14 @@ def _mlflow(folder: Path, host: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def standin_model() -> dict[str, np.ndarray]:
-    """The default stand-in body's arrays, built once per test session (~5 s)."""
-    from meshrec.body import standin
+def standin_model(meshrec_cache) -> dict[str, np.ndarray]:
+    """The default stand-in body's arrays: the one in ``meshrec_cache``, built once for every
+    xdist worker (~6 s)."""
+    from meshrec.body.load import resolve_model_path
+    from meshrec.config import Body
 
-    return standin.build_standin(0)
+    with np.load(resolve_model_path(Body(cache_dir=str(meshrec_cache)))) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 @pytest.fixture(scope="session")
@@ -363,8 +367,14 @@ def standin_file(standin_model, tmp_path_factory) -> Path:
 def meshrec_cache(tmp_path_factory) -> Path:
     """``body.cache_dir`` of every test that generates data: the stand-in body and each recipe's
     shards live under it keyed by recipe hash (meshrec.data.demo), so tests of one recipe share
-    one build per session."""
-    return tmp_path_factory.mktemp("meshrec-cache")
+    one build. One for the whole run: xdist workers share it (builds hold a lock, the others
+    wait for them, as ranks of one job do)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's folder, above each worker's own
+    path = root / "meshrec-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 
 import numpy as np
@@ -14,8 +15,14 @@ from meshrec.errors import MeshrecError
 
 def test_standin_generated_once_into_cache(tmp_path, standin_file, caplog):
     cfg = load_config(overrides=[f"body.cache_dir={tmp_path}"])
-    path = load.resolve_model_path(cfg.body)
-    assert path.parent == tmp_path and path.is_file()
+    # Two at once (as the ranks of a job): one builds, the other waits for its file.
+    with caplog.at_level(logging.INFO, logger="meshrec.body.load"):
+        with cf.ThreadPoolExecutor(2) as pool:
+            paths = list(pool.map(lambda _: load.resolve_model_path(cfg.body), range(2)))
+    assert caplog.text.count("generating the licence-free stand-in") == 1
+    path = paths[0]
+    assert paths[1] == path and path.parent == tmp_path and path.is_file()
+    caplog.clear()
     assert path.read_bytes() == standin_file.read_bytes()  # same bytes as a direct build
     stamp = path.stat().st_mtime_ns
     with caplog.at_level(logging.WARNING, logger="meshrec.body.load"):

@@ -23,7 +23,7 @@ TRAIN, TEST = ("S1", "S5"), ("S9",)
 
 
 @pytest.fixture(scope="module")
-def spin(tmp_path_factory) -> dict[str, Path]:
+def spin(tmp_path_factory, meshrec_cache) -> dict[str, Path]:
     """SPIN's files for S1 S5 (training) and S9 (test), packed as a user would pack them."""
     from meshrec.body.load import resolve_model_path
     from meshrec.body.model_file import load_arrays
@@ -33,7 +33,7 @@ def spin(tmp_path_factory) -> dict[str, Path]:
     from meshrec.synth.writer import synthesize
 
     root = tmp_path_factory.mktemp("spin")
-    cache = root / "cache"
+    cache = meshrec_cache  # the stand-in body, built once for the run
     arrays = load_arrays(resolve_model_path(Body(cache_dir=str(cache))))
     frames = root / "frames"
     synthesize(frames, [*TRAIN, *TEST], Settings(seed=0, size=256, frames_per_subject=40), arrays,

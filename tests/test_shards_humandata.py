@@ -160,11 +160,11 @@ def test_a_file_with_neither_smpl_nor_keypoints_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _train_cfg(shards: Path, run: Path, *extra: str):
+def _train_cfg(shards: Path, cache: Path, run: Path, *extra: str):
     from meshrec.config import load_config
 
     return load_config(None, [
-        f"body.cache_dir={shards.parent / 'cache'}", f"data.shards={shards}",
+        f"body.cache_dir={cache}", f"data.shards={shards}",
         "data.train_subjects=[S1,S5]", "data.val_subjects=[S9]", "eval.subjects=[S9]",
         "eval.protocol=h36m-p1", "data.backend=torch", "data.num_threads=1",
         "data.image_size=32", "data.batch_size=8", "model.encoder=resnet18", "model.weights=none",
@@ -173,15 +173,15 @@ def _train_cfg(shards: Path, run: Path, *extra: str):
         "track.enabled=false", "track.overlays=0", f"train.output_dir={run}", *extra])
 
 
-def test_training_on_keypoints_only_uses_the_joint_losses(keypoints_only, tmp_path):
+def test_training_on_keypoints_only_uses_the_joint_losses(keypoints_only, meshrec_cache, tmp_path):
     from meshrec.train.loop import train
 
     out = keypoints_only[0]
     with pytest.raises(MeshrecError, match=r"^loss\.w_vert is 1 but the training shards \(S1, S5\) "
                                            r"hold no SMPL labels"):
-        train(_train_cfg(out, tmp_path / "refused", "loss.w_vert=1"))
+        train(_train_cfg(out, meshrec_cache, tmp_path / "refused", "loss.w_vert=1"))
     assert not (tmp_path / "refused" / "checkpoints").exists()
-    metrics = train(_train_cfg(out, tmp_path / "run"))
+    metrics = train(_train_cfg(out, meshrec_cache, tmp_path / "run"))
     assert metrics["steps"] > 0 and np.isfinite(metrics["val_p1_mpjpe_mm"])
 
     # The trained model's loss on a training batch of these shards: the joint terms only.

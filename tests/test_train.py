@@ -392,14 +392,15 @@ def test_training_completes_when_the_tracking_server_is_down(cache, tmp_path):
 # ------------------------------------------------------------------ it learns
 
 @pytest.mark.slow
-def test_it_learns_beats_the_mean_params_baseline_on_held_out_subjects(tmp_path_factory):
+def test_it_learns_beats_the_mean_params_baseline_on_held_out_subjects(tmp_path_factory,
+                                                                       meshrec_cache):
     """A ResNet-18 at 48 px trained 60 steps (~1-2 minutes on 2 cores, by load) on 5 generated
     subjects, validated on the held-out S9 and S11."""
     from meshrec.train.loop import train
 
     root = tmp_path_factory.mktemp("learn")
     cfg = load_config(DEMO, [
-        f"body.cache_dir={root}", "data.synth.frames_per_subject=24", "data.synth.size=64",
+        f"body.cache_dir={meshrec_cache}", "data.synth.frames_per_subject=24", "data.synth.size=64",
         "data.image_size=48", "data.backend=torch", "data.num_threads=1", "data.batch_size=32",
         "data.train_subjects=[S1,S5,S6,S7,S8]", "data.val_subjects=[S9,S11]",
         "eval.subjects=[S9,S11]", "eval.batch_size=64", "model.hidden=256", "model.dropout=0.1",

@@ -234,7 +234,7 @@ def test_without_keypoints_both_meshes_use_the_predicted_camera(body):
 # ------------------------------------------------------------------ generated samples
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> SimpleNamespace:
+def generated(tmp_path_factory, meshrec_cache) -> SimpleNamespace:
     """A validation batch of 16 generated S9 samples (64 px crops, read at 64 px, no
     augmentation), the stand-in body and regressor, and each sample's shard metadata."""
     from meshrec.body.load import load_body_model
@@ -243,12 +243,11 @@ def generated(tmp_path_factory) -> SimpleNamespace:
     from meshrec.data.demo import ensure_shards
     from meshrec.train.evaluate import body_joints
 
-    cache = tmp_path_factory.mktemp("visual_cache")
     cfg = load_config(DEMO, [
-        f"body.cache_dir={cache}", "data.synth.frames_per_subject=4", "data.synth.size=64",
+        f"body.cache_dir={meshrec_cache}", "data.synth.frames_per_subject=4", "data.synth.size=64",
         "data.image_size=64", "data.backend=torch", "data.num_threads=1",
         "data.train_subjects=[S9]", "data.val_subjects=[S9]", "eval.subjects=[S9]",
-        "eval.batch_size=16", "track.enabled=false", f"train.output_dir={cache / 'run'}"])
+        "eval.batch_size=16", "track.enabled=false", f"train.output_dir={tmp_path_factory.mktemp('visual')}"])
     shards = ensure_shards(cfg)
     cfg = replace(cfg, data=replace(cfg.data, shards=str(shards)))
     batch = next(iter(build_loader(cfg, "val", 0, 1, torch.device("cpu"))))

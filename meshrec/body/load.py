@@ -30,12 +30,16 @@ def resolve_model_path(body: Body) -> Path:
         return path
     from meshrec.body import standin
 
+    from meshrec.fileio import locked
+
     path = standin_path(body)
     if not path.is_file():
-        log.info("generating the licence-free stand-in body model (seed %d) at %s",
-                 body.standin_seed, path)
-        # Concurrent ranks may race here: each writes a temp file and renames identical bytes.
-        standin.write_standin(path, seed=body.standin_seed)
+        # Concurrent ranks: one builds (seconds), the others wait for its file.
+        with locked(path.with_name(path.name + ".lock")):
+            if not path.is_file():
+                log.info("generating the licence-free stand-in body model (seed %d) at %s",
+                         body.standin_seed, path)
+                standin.write_standin(path, seed=body.standin_seed)
     return path
 
 

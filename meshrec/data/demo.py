@@ -17,8 +17,6 @@ beside the cache directory; the first builds, the others find the finished direc
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,10 +25,11 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from meshrec.config import Config
 from meshrec.errors import MeshrecError
+from meshrec.fileio import locked
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +69,6 @@ def recipe(cfg: Config, body_sha256: str) -> dict:
 def recipe_hash(rec: dict) -> str:
     text = json.dumps(rec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # blocks while another process builds
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _finished(root: Path, rec: dict) -> bool:
@@ -136,7 +124,7 @@ def ensure_shards(cfg: Config, progress: bool = False, say: Callable[[str], Any]
     rec = recipe(cfg, body_digest(arrays))
     root = Path(cfg.body.cache_dir).expanduser() / f"demo-{recipe_hash(rec)}"
     if not _finished(root, rec):
-        with _locked(root.with_name(root.name + ".lock")):
+        with locked(root.with_name(root.name + ".lock")):
             if not _finished(root, rec):
                 started = time.monotonic()
                 if say:

@@ -244,6 +244,10 @@ def _cross_check(cfg: Config, origins: Mapping[str, tuple[int, str]]) -> None:
         raise fail(["data.image_size", "data.synth.size", "data.shards"],
                    f"data.image_size {cfg.data.image_size} exceeds the generated crops "
                    f"(data.synth.size {cfg.data.synth.size})")
+    if cfg.data.backend == "dali" and cfg.data.num_threads < 1:
+        raise fail(["data.num_threads", "data.backend"],
+                   "DALI needs at least 1 decode thread (0, decoding in the rank's own process, "
+                   "is for data.backend: torch)")
     if cfg.features.enabled and not cfg.model.freeze_encoder:
         raise fail(["features.enabled", "model.freeze_encoder"],
                    "features.enabled needs model.freeze_encoder: true")

@@ -67,7 +67,8 @@ class Data:
     backend: str = _f("dali", "data loader", choices=("dali", "torch"))
     image_size: int = _f(224, "side of the network input crop in pixels", min=32)
     batch_size: int = _f(64, "global batch per optimizer step, over all ranks", min=1)
-    num_threads: int = _f(2, "decode threads (DALI) or workers (torch) per rank", min=1)
+    num_threads: int = _f(2, "decode threads (DALI, at least 1) or worker processes (torch; 0 = "
+                             "decode in the rank's own process) per rank", min=0)
     seed: int = _f(0, "seed of shuffling and augmentation", min=0)
     augment: Augment = _section(Augment, "training-time augmentation")
     synth: Synth = _section(Synth, "generated stand-in data, used when shards is ''")

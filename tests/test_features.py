@@ -181,7 +181,8 @@ def test_two_ranks_build_one_cache_and_the_command_reuses_it(cache, tmp_path):
     from meshrec.data.demo import with_shards
     from meshrec.features.loader import shard_keys
 
-    args = [*tiny_args(cache, tmp_path / "unused", *FROZEN), f"features.dir={tmp_path / 'fc'}"]
+    args = [*tiny_args(cache, tmp_path / "unused", *FROZEN), f"features.dir={tmp_path / 'fc'}",
+            "data.num_threads=0"]  # the ranks decode in their own process
     cmd = [sys.executable, "-m", "meshrec.cli", "features", "--config", str(ROOT / "configs" / "demo.yaml")]
     first = subprocess.run([*cmd, *args, "train.processes=2"], capture_output=True, text=True,
                            timeout=600, cwd=ROOT)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from meshrec.body import h36m, mirror
-from meshrec.config import Config, with_overrides
+from meshrec.config import Config, ConfigError, with_overrides
 from meshrec.data import augment, build_loader, labels, shardset
 from meshrec.data.augment import Aug
 from meshrec.data.split import (batch_rows, batches_per_epoch, epoch_order, rank_batch,
@@ -235,6 +235,18 @@ def test_resume_after_k_batches_continues_with_the_same_batches(shards, backend,
         assert want["key"] == got["key"]
         assert torch.equal(want["aug"], got["aug"]) and torch.equal(want["image"], got["image"])
         assert torch.equal(want["params"], got["params"])
+
+
+def test_decoding_in_the_rank_or_in_workers_gives_the_same_batches(shards):
+    # data.num_threads=0: no worker processes (torch backend); the same samples, numbers, pixels.
+    inline = take(build_loader(config(shards, "torch", "data.num_threads=0"), "train"))
+    pooled = take(build_loader(config(shards, "torch", "data.num_threads=2"), "train"))
+    assert len(inline) == len(pooled) > 1
+    for a, b in zip(inline, pooled, strict=True):
+        assert a["key"] == b["key"] and torch.equal(a["aug"], b["aug"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["params"], b["params"])
+    with pytest.raises(ConfigError, match="data.num_threads: DALI needs at least 1"):
+        config(shards, "dali", "data.num_threads=0")
 
 
 def test_state_of_one_backend_is_refused_by_the_other(shards):

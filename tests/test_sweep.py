@@ -375,15 +375,17 @@ def test_failed_local_cell_is_resubmitted_into_its_run(mlflow_server, tmp_path, 
 @pytest.mark.slow
 def test_train_full_script_requeues_itself_on_usr1_and_resumes(slurm_cluster, mlflow_server,
                                                                tmp_path, cache):
-    name = f"fullrq-{uuid.uuid4().hex[:8]}"
     """What a user submits: two DDP tasks train on S1 S5 S6 S7 S8, a USR1 (time limit near)
     requeues the job, which resumes into the same MLflow run, then evaluates on S9 S11."""
+    name = f"fullrq-{uuid.uuid4().hex[:8]}"
     overrides = [o for o in TINY if not o.startswith(("launch.", "train.device", "train.epochs",
-                                                      "train.checkpoint_every", "data.batch_size"))]
+                                                      "train.checkpoint_every", "data.batch_size",
+                                                      "data.num_threads"))]
     out = tmp_path / "out"
     env = {**os.environ, "CONFIG": str(REPO / "configs" / "demo.yaml"), "OUT": str(out),
            "PYTHON": sys.executable,
            "OVERRIDES": " ".join([*overrides, "data.batch_size=16", "train.epochs=2",
+                                  "data.num_threads=1",  # loader workers, as a user's run has
                                   "train.checkpoint_every=2", f"body.cache_dir={cache}",
                                   f"track.uri={mlflow_server}", f"track.experiment={name}"])}
     job_id = sbatch_train_full(slurm_cluster.partition, name, env, tmp_path)

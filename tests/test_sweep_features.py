@@ -34,7 +34,7 @@ DEADLINE_S = 900  # the machine is shared: tiny jobs can still take minutes
 FROZEN = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=true",
           "data.augment.enabled=false", "model.hidden=64", "data.image_size=32",
           "data.batch_size=8", "eval.batch_size=8", "data.synth.frames_per_subject=2",
-          "data.synth.size=32", "data.backend=torch", "data.num_threads=1", "train.epochs=1",
+          "data.synth.size=32", "data.backend=torch", "data.num_threads=0", "train.epochs=1",
           "train.checkpoint_every=0", "track.overlays=0", "train.device=cpu",
           "launch.slurm.gpus_per_node=0", "launch.slurm.tasks_per_node=2",
           "launch.slurm.cpus_per_task=1", "launch.slurm.mem_gb=0", "launch.slurm.time_min=10"]

@@ -11,10 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 # A sweep cell of a few CPU-seconds: ResNet-18 from random init on 32 px crops of 8 generated
 # frames a subject, one epoch (test_sweep.py, test_browser.py, test_multinode.py add launching).
+# Decoded in each rank's own process: a loader worker would bring a forkserver importing torch
+# again, ~8 CPU-s a rank here, more than the cell's training.
 CELL = ["model.encoder=resnet18", "model.weights=none", "model.freeze_encoder=false",
         "model.hidden=64", "data.image_size=32", "data.batch_size=8", "eval.batch_size=8",
         "data.synth.frames_per_subject=8", "data.synth.size=32", "data.backend=torch",
-        "data.num_threads=1", "train.epochs=1", "train.checkpoint_every=0", "track.overlays=0"]
+        "data.num_threads=0", "train.epochs=1", "train.checkpoint_every=0", "track.overlays=0"]
 
 
 def tiny_args(cache: Path, out: Path, *more: str) -> list[str]:

@@ -11,9 +11,9 @@ same rule). Per training epoch `e` the generator that drew the order (from `data
 only) then draws the epoch's table of augmentation numbers (`augment.draw`), so every rank
 agrees on them and a resumed run recomputes them; val/test are unaugmented.
 
-Workers decode (torchvision's libjpeg-turbo) and warp to uint8; normalisation runs once per
-batch in the main process (shipping uint8 between processes is 4× cheaper than float32). A
-JPEG that does not decode is skipped: it is left out of its batch, listed in the batch's
+Workers (`data.num_threads`; 0 = none, the rank decodes itself) decode (torchvision's
+libjpeg-turbo) and warp to uint8; normalisation runs once per batch in the main process
+(shipping uint8 between processes is 4× cheaper than float32). A JPEG that does not decode is skipped: it is left out of its batch, listed in the batch's
 `skipped` keys and counted in `loader.skipped`.
 """
 
@@ -148,14 +148,16 @@ class TorchLoader:
             self.epoch, self.position = self.epoch + 1, 0
         self._plan.batches = self._batches(self.epoch)[self.position:]
         if self._loader is None:  # one pool of workers for the loader's life
+            workers = self.cfg.data.num_threads
+            pool = dict(persistent_workers=True, prefetch_factor=4,
+                        multiprocessing_context=forkserver.context()) if workers else {}
             self._loader = DataLoader(self.dataset, batch_sampler=self._plan, collate_fn=collate,
-                                      num_workers=self.cfg.data.num_threads, persistent_workers=True,
-                                      pin_memory=self.device.type == "cuda", prefetch_factor=4,
-                                      multiprocessing_context=forkserver.context(),
+                                      num_workers=workers, pin_memory=self.device.type == "cuda",
                                       # its worker seed drawn from here, not from the
                                       # training RNG (dropout draws stay the same with a
                                       # feature cache, which starts no workers)
-                                      generator=torch.Generator().manual_seed(self.cfg.data.seed))
+                                      generator=torch.Generator().manual_seed(self.cfg.data.seed),
+                                      **pool)
         for raw in self._loader:
             self.position += 1
             self.skipped += len(raw["skipped"])

@@ -225,6 +225,21 @@ def test_chumpy_pickle_converts_to_the_same_arrays(tmp_path, small_arrays, proto
     assert np.array_equal(loaded["J_regressor_prior"], small_arrays["J_regressor"])
 
 
+def test_a_body_file_read_again_is_a_fresh_copy_and_a_replaced_file_is_read_anew(
+        tmp_path, small_arrays):
+    path = tmp_path / "body.npz"
+    save_npz(path, small_arrays)
+    first = model_file.load_arrays(path)
+    first["v_template"][:] = 0.0  # a caller's change stays its own
+    first["extra"] = np.zeros(1)
+    again = model_file.load_arrays(path)
+    assert np.array_equal(again["v_template"], small_arrays["v_template"])
+    assert "extra" not in again
+    moved = {**small_arrays, "v_template": small_arrays["v_template"] + 1.0}
+    save_npz(path, moved)  # replaced (renamed over): the new contents
+    assert np.array_equal(model_file.load_arrays(path)["v_template"], moved["v_template"])
+
+
 def test_converted_model_poses_like_the_original(tmp_path, model_arrays, body):
     src, dst = tmp_path / "SMPL_MALE.pkl", tmp_path / "smpl.npz"
     _write_official_pickle(src, model_arrays)

@@ -271,6 +271,20 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     display = os.fspath(path)
     if not p.is_file():
         raise MeshrecError(f"body model file {display} does not exist")
+    # A run reads its body file several times (data, loaders, model): parsed and checked once
+    # per file version, each caller gets its own copy.
+    st = p.stat()
+    key = (os.fspath(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = _read_arrays(p, display)
+    return {name: array.copy() for name, array in _LOADED[key].items()}
+
+
+_LOADED: dict[tuple, dict[str, np.ndarray]] = {}  # the last file load_arrays read
+
+
+def _read_arrays(p: Path, display: str) -> dict[str, np.ndarray]:
     suffix = p.suffix.lower()
     if suffix in (".pkl", ".pickle"):
         arrays = _load_pickle(p, display)

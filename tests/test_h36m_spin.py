@@ -144,8 +144,7 @@ def test_protocols_select_cameras_and_agree_with_spins_eval(spin, trained, capsy
     assert p2["mpjpe_mm"] == pytest.approx(mpjpe[frontal].mean(), abs=0.005)
 
 
-def test_what_the_data_lacks_is_refused_before_training(spin, tmp_path, capsys):
-    from meshrec.cli import main
+def test_what_the_data_lacks_is_refused_before_training(spin, tmp_path):
     from meshrec.train.loop import train
 
     with pytest.raises(MeshrecError, match=r"loss.w_vert is 1 but the training shards \(S1, S5\) "

@@ -40,26 +40,21 @@ from meshrec.errors import MeshrecError
 GROUP_TERMS = ("shape", "body", "hand", "loc")
 
 
-def distance(pred: Tensor, true: Tensor, kind: str) -> Tensor:
-    """Mean squared (l2) or absolute (l1) difference over every entry; `true` broadcasts."""
+def _per_entry(pred: Tensor, true: Tensor, kind: str) -> Tensor:
+    """Squared (l2) or absolute (l1) difference of every entry; `true` broadcasts."""
     diff = pred - true
     if kind == "l2":
-        return (diff * diff).mean()
+        return diff * diff
     if kind == "l1":
-        return diff.abs().mean()
+        return diff.abs()
     raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
 
 
 def distance_rows(pred: Tensor, true: Tensor, rows: Tensor, kind: str) -> Tensor:
-    """`distance` over the batch rows where `rows` ([B] bool) is true, 0 when none is: pred
-    [n, B, ...] (n iterations), true [B, ...]. Other rows are left out, whatever they hold."""
-    diff = pred - true
-    if kind == "l2":
-        per = diff * diff
-    elif kind == "l1":
-        per = diff.abs()
-    else:
-        raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
+    """Mean squared (l2) or absolute (l1) difference over the batch rows where `rows` ([B]
+    bool) is true, 0 when none is: pred [n, B, ...] (n iterations), true [B, ...]. Other rows
+    are left out, whatever they hold."""
+    per = _per_entry(pred, true, kind)
     per = per.flatten(2) if per.dim() > 2 else per.unsqueeze(-1)   # [n, B, k]
     per = torch.where(rows[:, None], per, 0.0)
     return per.sum() / (rows.sum() * (per.shape[0] * per.shape[2])).clamp_min(1)
@@ -116,10 +111,7 @@ def _mesh(body: BodyModel, params: Tensor, rotmat: Tensor | None, camera: bool
 def _weighted(pred: Tensor, true: Tensor, conf: Tensor, kind: str) -> Tensor:
     """Confidence-weighted mean distance over joints: pred/true [..., J, k], conf [..., J];
     pred may carry a leading iterations axis that `true` and `conf` broadcast over."""
-    if kind not in ("l1", "l2"):
-        raise MeshrecError(f"loss.type must be 'l1' or 'l2'; got {kind!r}")
-    diff = pred - true
-    per = (diff * diff) if kind == "l2" else diff.abs()
+    per = _per_entry(pred, true, kind)
     conf = conf.expand(per.shape[:-1])
     total = conf.sum() * per.shape[-1]
     return (per.sum(-1) * conf).sum() / total.clamp_min(1e-12)

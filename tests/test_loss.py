@@ -10,7 +10,8 @@ from meshrec.body import params as layout
 from meshrec.body.rotations import axis_angle_to_matrix
 from meshrec.body.smpl import BodyModel
 from meshrec.config import load_config
-from meshrec.loss import compute_loss, distance
+from meshrec.errors import MeshrecError
+from meshrec.loss import compute_loss, distance_rows
 from meshrec.model import Prediction, build_model
 
 from smpl_reference import random_smpl_arrays
@@ -58,11 +59,17 @@ def test_zero_at_truth_positive_elsewhere(body, sixd, kind):
 
 
 def test_distance_by_hand():
-    pred = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    pred = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]])  # one iteration, two rows
     true = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    every = torch.tensor([True, True])
     # differences 1, -2, -0.5, 2
-    assert distance(pred, true, "l2").item() == pytest.approx((1 + 4 + 0.25 + 4) / 4)
-    assert distance(pred, true, "l1").item() == pytest.approx((1 + 2 + 0.5 + 2) / 4)
+    assert distance_rows(pred, true, every, "l2").item() == pytest.approx((1 + 4 + 0.25 + 4) / 4)
+    assert distance_rows(pred, true, every, "l1").item() == pytest.approx((1 + 2 + 0.5 + 2) / 4)
+    first = torch.tensor([True, False])
+    assert distance_rows(pred, true, first, "l2").item() == pytest.approx((1 + 4) / 2)
+    assert distance_rows(pred, true, ~every, "l1").item() == 0.0
+    with pytest.raises(MeshrecError, match="loss.type must be 'l1' or 'l2'"):
+        distance_rows(pred, true, every, "huber")
 
 
 @pytest.mark.parametrize("kind", ["l1", "l2"])
@@ -266,8 +273,6 @@ def test_kp2d_term_is_zero_on_its_own_projection_and_by_hand_elsewhere(body):
 
 
 def test_joint_terms_without_a_regressor_are_refused(body):
-    from meshrec.errors import MeshrecError
-
     cfg = _cfg("loss.w_joint3d=1")
     with pytest.raises(MeshrecError, match="h36m_regressor"):
         compute_loss(_pred(_truth()), {"params": _truth(), "j3d": torch.zeros(3, 17, 4)}, body, cfg)

@@ -10,6 +10,7 @@ import numpy as np
 
 from meshrec.config import Body
 from meshrec.errors import MeshrecError
+from meshrec.fileio import atomic_open, locked
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def resolve_model_path(body: Body) -> Path:
             raise MeshrecError(f"body.model_path: no such file: {path}")
         return path
     from meshrec.body import standin
-
-    from meshrec.fileio import locked
 
     path = standin_path(body)
     if not path.is_file():
@@ -81,8 +80,6 @@ def h36m_regressor_path(body: Body) -> Path | None:
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write one array as .npy atomically (concurrent writers rename identical bytes)."""
-    from meshrec.fileio import atomic_open
-
     with atomic_open(path, "wb", perms=0o644) as fh:
         np.save(fh, np.asarray(array), allow_pickle=False)
 

@@ -13,8 +13,9 @@ agrees on them and a resumed run recomputes them; val/test are unaugmented.
 
 Workers (`data.num_threads`; 0 = none, the rank decodes itself) decode (torchvision's
 libjpeg-turbo) and warp to uint8; normalisation runs once per batch in the main process
-(shipping uint8 between processes is 4× cheaper than float32). A JPEG that does not decode is skipped: it is left out of its batch, listed in the batch's
-`skipped` keys and counted in `loader.skipped`.
+(shipping uint8 between processes is 4× cheaper than float32). A JPEG that does not decode is
+skipped: it is left out of its batch, listed in the batch's `skipped` keys and counted in
+`loader.skipped`.
 """
 
 from __future__ import annotations

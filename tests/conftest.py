@@ -56,8 +56,9 @@ def _group(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first (SLURM's among them first), and xdist groups (modules whose fixtures are
-    built once) that hold one with them; stable otherwise. xdist (--dist loadgroup --no-loadscope-reorder) hands tests out
-    in this order, so the long ones start at once instead of trailing on one worker at the end."""
+    built once) that hold one with them; stable otherwise. xdist (--dist loadgroup
+    --no-loadscope-reorder) hands tests out in this order, so the long ones start at once
+    instead of trailing on one worker at the end."""
     heavy = {_group(item) for item in items if item.get_closest_marker("slow")} - {None}
     # Among them SLURM's first: they mostly wait, beside the ones that compute.
     items.sort(key=lambda item: (not (item.get_closest_marker("slow") or _group(item) in heavy),

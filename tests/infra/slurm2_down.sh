@@ -14,19 +14,6 @@ ME=slurm2_down
 # shellcheck source=tests/infra/slurm2_lib.sh
 . "$HERE/slurm2_lib.sh"
 
-stop_pidfile() {  # name pidfile: TERM, wait up to 20 s, then KILL
-  local name=$1 pidfile=$2 pid i
-  alive "$pidfile" || return 0
-  pid=$(cat "$pidfile")
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
-    alive "$pidfile" || { log "$name stopped"; return 0; }
-    sleep 0.2
-  done
-  log "$name ($pid) ignored SIGTERM for 20 s: killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
 if [ -f "$SLURM_CONF" ] && ctld_ok; then
   stop_cluster
 fi

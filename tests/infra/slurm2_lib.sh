@@ -59,16 +59,6 @@ start_slurmd() {  # node: slurmd in the node's network namespace, plus a UTS nam
     sh "$node" "$SLURM_CONF" "/etc/netns/$ns" </dev/null >>"$START_LOG" 2>&1 3>&-
 }
 
-stop_pid() {  # pidfile: SIGTERM, then wait up to 20 s (true if it stopped)
-  alive "$1" || return 0
-  kill "$(cat "$1")" 2>/dev/null || true
-  for _ in $(seq 100); do
-    alive "$1" || return 0
-    sleep 0.2
-  done
-  return 1
-}
-
 wait_node_usable() {  # node [seconds]: until sinfo calls it idle/mixed/allocated/completing.
   # A DOWN node whose slurmd runs is told to resume once (ReturnToService=2 usually makes that
   # unnecessary: the node returns when its slurmd registers).

@@ -1,12 +1,13 @@
 # Shared by the SLURM test-cluster scripts (sourced, not run): daemon checks, waiting, writing a
-# config only when it changed, the slurm.conf settings both clusters use, stopping a cluster.
+# config only when it changed, the slurm.conf settings both clusters use, stopping a cluster
+# and its daemons.
 # Callers define log().
 
 alive() {  # pid file -> true if its process runs. A killed daemon can stay a zombie for many
-  # seconds here (nothing reaps orphans promptly), and kill -0 succeeds on a zombie.
+  # seconds here (nothing reaps orphans promptly), and kill -0 succeeds on a zombie; a daemon
+  # removes its file as it exits.
   local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
 }
@@ -69,4 +70,26 @@ stop_cluster() {  # cancel the jobs of the cluster SLURM_CONF names, then stop i
     done
   fi
   scontrol shutdown >/dev/null 2>&1 || true  # stops the slurmd(s) and slurmctld
+}
+
+stop_pid() {  # pidfile: SIGTERM, then wait up to 20 s (true if it stopped)
+  alive "$1" || return 0
+  kill "$(cat "$1" 2>/dev/null)" 2>/dev/null || true
+  for _ in $(seq 100); do
+    alive "$1" || return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+stop_pidfile() {  # name pidfile: stop_pid, then SIGKILL if it ignored SIGTERM
+  local name=$1 pidfile=$2 pid
+  alive "$pidfile" || return 0
+  pid=$(cat "$pidfile")
+  if stop_pid "$pidfile"; then
+    log "$name stopped"
+    return 0
+  fi
+  log "$name ($pid) ignored SIGTERM for 20 s: killing it"
+  kill -KILL "$pid" 2>/dev/null || true
 }

@@ -13,20 +13,6 @@ log() { echo "slurm_down: $*" >&2; }
 # shellcheck source=tests/infra/slurm_common.sh
 . "$(dirname "$0")/slurm_common.sh"
 
-stop_pidfile() {  # name pidfile: TERM, wait up to 20 s, then KILL
-  local name=$1 pidfile=$2 pid i
-  [ -s "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || { log "$name stopped"; return 0; }
-    sleep 0.2
-  done
-  log "$name ($pid) ignored SIGTERM for 20 s: killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
 if [ ! -f "$SLURM_CONF" ]; then
   log "no cluster config in $STATE: nothing to stop"
   exit 0

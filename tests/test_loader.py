@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 from collections import Counter
@@ -617,9 +619,6 @@ def test_loader_workers_fork_with_torch_imported_even_when_packing_started_the_s
     with cf.ProcessPoolExecutor(1, mp_context=forkserver.context()) as pool:
         print(pool.submit(eval, "'torchvision' in __import__('sys').modules").result())
 """
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr
